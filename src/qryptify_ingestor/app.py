@@ -1,0 +1,242 @@
+"""Wiring for the CLI commands: builds the concrete adapters from settings and runs the service.
+
+Part of the composition root with `cli.py` (which only parses arguments and maps errors to exit
+codes); nothing else builds an adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
+from qryptify_ingestor.binance.stream import KlineStreams
+from qryptify_ingestor.config import Settings
+from qryptify_ingestor.domain import Interval, StreamKey, datetime_to_ms, format_ms
+from qryptify_ingestor.errors import ConfigError
+from qryptify_ingestor.observe import NULL_OBSERVER, Observer
+from qryptify_ingestor.progress import make_progress
+from qryptify_ingestor.service import ExchangeClock, Ingestor, StreamResult, Tuning
+from qryptify_ingestor.storage.postgres import Storage, mask_dsn
+
+log = logging.getLogger("qryptify")
+
+# Binance's documented default until exchangeInfo tells us (binance-futures.md §3).
+DEFAULT_WEIGHT_LIMIT = 2400
+DEFAULT_WEIGHT_WINDOW_MS = 60_000
+
+
+def require_dsn(settings: Settings) -> str:
+    if not settings.database_url:
+        raise ConfigError(
+            "database_url: not set (set it in the config, QRYPTIFY_DATABASE_URL or --database-url;"
+            " `make run` starts a local PostgreSQL for you)"
+        )
+    return settings.database_url
+
+
+@contextlib.asynccontextmanager
+async def open_storage(settings: Settings, observer: Observer = NULL_OBSERVER) -> AsyncIterator[Storage]:
+    dsn = require_dsn(settings)
+    storage = await Storage.open(dsn, max_size=settings.db_pool_size, observer=observer)
+    try:
+        yield storage
+    finally:
+        await storage.close()
+
+
+async def _migrate(storage: Storage, dsn: str) -> None:
+    info = await storage.migrate()
+    if info.timescaledb:
+        log.info("database %s: schema version %d, TimescaleDB hypertable + columnstore on",
+                 mask_dsn(dsn), info.version)
+    else:
+        log.info("database %s: schema version %d, plain PostgreSQL (TimescaleDB features are off:"
+                 " the extension is not available on this server)", mask_dsn(dsn), info.version)
+
+
+def build_rest(settings: Settings, observer: Observer) -> BinanceRest:
+    budget = WeightBudget(DEFAULT_WEIGHT_LIMIT, DEFAULT_WEIGHT_WINDOW_MS, share=settings.binance.weight_share)
+    return BinanceRest(
+        settings.binance.rest_url,
+        budget=budget,
+        timeout_s=settings.binance.request_timeout_s,
+        observer=observer,
+        allow_insecure=settings.binance.allow_insecure,
+    )
+
+
+def build_streams(settings: Settings, keys: Sequence[StreamKey], observer: Observer) -> KlineStreams:
+    live = settings.live
+    return KlineStreams(
+        settings.binance.ws_url,
+        keys,
+        max_streams_per_connection=live.streams_per_connection,
+        silence_timeout_s=live.silence_timeout_s,
+        stream_close_margin_s=live.close_margin_s,
+        lifetime_s=live.lifetime_s,
+        max_reconnects_per_5min=live.max_reconnects_per_5min,
+        close_timeout_s=1.0,
+        observer=observer,
+        allow_insecure=settings.binance.allow_insecure,
+    )
+
+
+def tuning(settings: Settings) -> Tuning:
+    return Tuning(
+        start_ms=settings.start_ms,
+        write_batch_rows=settings.backfill.write_batch_rows,
+        max_pages_buffered=settings.backfill.max_pages_buffered,
+        max_requests_in_flight=settings.binance.max_requests_in_flight,
+        close_margin_s=settings.live.close_margin_s,
+    )
+
+
+async def run(settings: Settings, *, live: bool) -> int:
+    """`qryptify run` (live=True) and `qryptify backfill` (live=False)."""
+    observer, metrics_server = await _start_metrics(settings, live)
+    try:
+        async with open_storage(settings, observer) as storage:
+            await _migrate(storage, require_dsn(settings))
+            rest = build_rest(settings, observer)
+            try:
+                clock = ExchangeClock()
+                progress = make_progress(Console(stderr=True))
+                ingestor = Ingestor(rest, storage, tuning=tuning(settings), clock=clock,
+                                    observer=observer, progress=progress)
+                log.info("connecting to Binance REST at %s", settings.binance.rest_url)
+                await ingestor._retrying("server time", lambda: clock.sync(rest))
+                await ingestor.load_exchange_info(settings.symbols)
+                keys = settings.stream_keys()
+                if metrics_server is not None:
+                    metrics_server.ingestor = ingestor
+                if live:
+                    streams = build_streams(settings, keys, observer)
+                    log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
+                    with progress:
+                        await ingestor.follow(streams, keys)
+                    return 0
+                with progress:
+                    results = await ingestor.backfill(keys)
+                return _report_backfill(results)
+            finally:
+                await rest.aclose()
+    finally:
+        if metrics_server is not None:
+            await metrics_server.stop()
+
+
+def _report_backfill(results: dict[StreamKey, StreamResult]) -> int:
+    failed = 0
+    for key, result in results.items():
+        log.info("%s: %d candle(s) written, %d request(s), last %s%s", key, result.written,
+                 result.requests, format_ms(result.last_ms),
+                 f", {len(result.gaps)} exchange gap(s) recorded" if result.gaps else "")
+        for start, end, reason in result.failed:
+            failed += 1
+            log.error("%s: range %s .. %s failed: %s (recorded; `qryptify repair` retries it)",
+                      key, format_ms(start), format_ms(end), reason)
+    return 1 if failed else 0
+
+
+async def _start_metrics(settings: Settings, live: bool):  # type: ignore[no-untyped-def]
+    if not (live and settings.metrics.enabled):
+        return NULL_OBSERVER, None
+    from qryptify_ingestor.health import HealthServer
+
+    server = HealthServer(settings)
+    await server.start()
+    return server.observer, server
+
+
+# ---------------------------------------------------------------------------- status
+
+
+async def status(settings: Settings, *, as_json: bool) -> int:
+    async with open_storage(settings) as storage:
+        report = await storage.status_report()
+    now = datetime_to_ms(datetime.now(UTC))
+    rows = []
+    for row in report.rows:
+        interval = Interval(row.key.interval)
+        lag = None if row.last_ms is None else max(0, now - interval.next_open(row.last_ms))
+        rows.append({
+            "symbol": row.key.symbol,
+            "interval": row.key.interval,
+            "first": _iso(row.first_ms),
+            "last": _iso(row.last_ms),
+            "rows": row.count,
+            "resume_point": _iso(row.resume_ms),
+            "lag_s": None if lag is None else lag / 1000,
+            "exchange_gaps": row.gaps,
+            "failed_ranges": row.failed,
+        })
+    if as_json:
+        doc = {"storage": "timescaledb" if report.timescaledb else "postgresql",
+               "schema_version": report.schema_version, "streams": rows}
+        sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    console = Console()
+    mode = "TimescaleDB" if report.timescaledb else "PostgreSQL (TimescaleDB features off)"
+    console.print(f"storage: [bold]{mode}[/]   schema version: [bold]{report.schema_version}[/]")
+    table = Table(show_lines=False)
+    for col in ("symbol", "interval", "first", "last", "rows", "resume point", "lag", "gaps", "failed"):
+        table.add_column(col, justify="right" if col in ("rows", "lag", "gaps", "failed") else "left")
+    for r in rows:
+        table.add_row(r["symbol"], r["interval"], r["first"] or "-", r["last"] or "-", f"{r['rows']:,}",
+                      r["resume_point"] or "-", _human_lag(r["lag_s"]), str(r["exchange_gaps"]),
+                      str(r["failed_ranges"]))
+    console.print(table)
+    return 0
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else format_ms(ms) + "Z"
+
+
+def _human_lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+# ---------------------------------------------------------------------------- verify / repair
+
+
+async def verify(settings: Settings, *, as_json: bool) -> int:
+    from qryptify_ingestor.storage.verify import verify as run_verify
+
+    now = datetime_to_ms(datetime.now(UTC))
+    report = await run_verify(require_dsn(settings), keys=settings.stream_keys(), now_ms=now)
+    if as_json:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        report.render(Console())
+    return 0 if report.ok else 1
+
+
+async def repair(settings: Settings, *, from_: str | None, to: str | None) -> int:
+    raise ConfigError("repair: not implemented yet")
+
+
+async def migrate(settings: Settings) -> int:
+    async with open_storage(settings) as storage:
+        await _migrate(storage, require_dsn(settings))
+    return 0
+
+
+__all__ = ["asyncio", "migrate", "repair", "run", "status", "verify"]

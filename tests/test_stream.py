@@ -15,15 +15,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
 
 from qryptify_ingestor.binance.parse import KlineEvent
+from qryptify_ingestor.binance.protocol import combined_stream_url
 from qryptify_ingestor.binance.stream import (
     AttemptWindow,
     KlineStreams,
     Resync,
     StreamItem,
     StreamsUp,
-    backoff_delay,
     classify_connect_error,
-    combined_stream_url,
     connection_verdict,
     overdue_keys,
     shard_keys,
@@ -130,12 +129,6 @@ async def hold_open(ws: ServerConnection) -> None:
 # --- pure helpers -----------------------------------------------------------------------------
 
 
-def test_combined_stream_url_lists_streams_under_the_route() -> None:
-    """The URL is the combined form under the given route, streams joined by '/'."""
-    url = combined_stream_url("wss://fstream.binance.com/market/", ["a@kline_1m", "b@kline_5m"])
-    assert url == "wss://fstream.binance.com/market/stream?streams=a@kline_1m/b@kline_5m"
-
-
 def test_shard_keys_balances_dedupes_and_bounds_url_length() -> None:
     """Shards are balanced, duplicates dropped, and no shard's URL exceeds the byte bound."""
     keys = [StreamKey(f"S{i:03d}USDT", "1m") for i in range(450)]
@@ -150,15 +143,6 @@ def test_shard_keys_balances_dedupes_and_bounds_url_length() -> None:
     assert [k for s in small for k in s] == keys
     with pytest.raises(ConfigError):
         shard_keys(keys, ws_base="wss://h/market", max_per_connection=1025)
-
-
-def test_backoff_is_full_jitter_and_capped() -> None:
-    """Delay is rand * min(max, base * 2**attempt): zero possible, never above the cap."""
-    assert backoff_delay(0, base_s=0.5, max_s=30, rand=lambda: 1.0) == 0.5
-    assert backoff_delay(3, base_s=0.5, max_s=30, rand=lambda: 1.0) == 4.0
-    assert backoff_delay(50, base_s=0.5, max_s=30, rand=lambda: 1.0) == 30.0
-    assert backoff_delay(5000, base_s=0.5, max_s=30, rand=lambda: 0.5) == 15.0
-    assert backoff_delay(3, base_s=0.5, max_s=30, rand=lambda: 0.0) == 0.0
 
 
 def test_attempt_window_limits_attempts_per_window() -> None:

@@ -13,9 +13,10 @@ This module owns the live connections to `{ws_base}/stream?streams=…` (combine
 * `Resync(keys, reason)` as soon as data may have been lost on a connection that was live (server
   close, silence, overdue final). A `StreamsUp` follows when the replacement is live.
 
-The pure decisions (sharding, URL building, backoff, connection budget, watchdog verdicts) are
-synchronous functions at the top, tested without an event loop; the asyncio layer below only
-waits and moves bytes. Times for the watchdogs come from the injected `clock` (seconds); the
+The pure decisions (sharding by count and URL size, the connection budget, watchdog verdicts,
+handshake-error classification) are synchronous functions at the top, tested without an event
+loop; URL building and full-jitter backoff come from `binance.protocol`. The asyncio layer below
+only waits and moves bytes. Times for the watchdogs come from the injected `clock` (seconds); the
 connection budget and backoff sleeps use the event loop's monotonic time.
 """
 
@@ -26,7 +27,6 @@ import contextlib
 import ipaddress
 import logging
 import math
-import random
 import re
 import time
 from collections import deque
@@ -45,6 +45,7 @@ from websockets.exceptions import (
 from websockets.protocol import State
 
 from qryptify_ingestor.binance.parse import ControlReply, KlineEvent, parse_stream_message
+from qryptify_ingestor.binance.protocol import backoff_delay, combined_stream_url
 from qryptify_ingestor.domain import Interval, StreamKey
 from qryptify_ingestor.errors import (
     ConfigError,
@@ -62,9 +63,7 @@ __all__ = [
     "StreamItem",
     "StreamStatistics",
     "StreamsUp",
-    "backoff_delay",
     "classify_connect_error",
-    "combined_stream_url",
     "connection_verdict",
     "overdue_keys",
     "shard_keys",
@@ -158,13 +157,6 @@ def validate_ws_base(ws_base: str, *, allow_insecure: bool = False) -> str:
     return base
 
 
-def combined_stream_url(ws_base: str, streams: Sequence[str]) -> str:
-    """`{ws_base}/stream?streams=a/b/…`: the combined form, so every message names its stream."""
-    if not streams:
-        raise ValueError("combined_stream_url needs at least one stream")
-    return f"{ws_base.rstrip('/')}/stream?streams={'/'.join(streams)}"
-
-
 def shard_keys(
     keys: Iterable[StreamKey],
     *,
@@ -205,25 +197,6 @@ def shard_keys(
 
 def _url_bytes(ws_base: str, shard: Sequence[StreamKey]) -> int:
     return len(combined_stream_url(ws_base, [k.stream_name for k in shard]).encode())
-
-
-def backoff_delay(
-    attempt: int,
-    *,
-    base_s: float = 0.5,
-    max_s: float = 30.0,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(max_s, base_s * 2**attempt)].
-
-    Full jitter spreads reconnects of many clients cut at once (the 24 h cut, a 1001 on
-    deploys) instead of letting them arrive in waves (AWS architecture blog, "Exponential
-    Backoff And Jitter"; python-websockets' `backoff()` is the same idea).
-    """
-    if attempt < 0:
-        raise ValueError(f"attempt {attempt} < 0")
-    cap = min(max_s, base_s * 2.0 ** min(attempt, 62))
-    return rand() * cap
 
 
 class AttemptWindow:
@@ -568,9 +541,8 @@ class KlineStreams:
         attempt = 0
         while True:
             if not immediate or attempt:
-                delay = backoff_delay(
-                    attempt, base_s=self._backoff_base_s, max_s=self._backoff_max_s
-                )
+                # Full jitter (protocol.backoff_delay counts retries from 1).
+                delay = backoff_delay(attempt + 1, self._backoff_base_s, self._backoff_max_s)
                 await asyncio.sleep(delay)
             await self._take_attempt(label)
             if not immediate or attempt:

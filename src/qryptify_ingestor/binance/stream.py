@@ -478,6 +478,13 @@ class KlineStreams:
         """The next item, waiting for one."""
         return await self._queue.get()
 
+    def drain(self, max_items: int | None = None) -> list[StreamItem]:
+        """The items already queued (up to `max_items`), without waiting; frees room at once."""
+        out: list[StreamItem] = []
+        while not self._queue.empty() and (max_items is None or len(out) < max_items):
+            out.append(self._queue.get_nowait())
+        return out
+
     async def events(self) -> AsyncIterator[StreamItem]:
         """All items, in arrival order, forever (stop by breaking out or cancelling)."""
         while True:
@@ -726,7 +733,6 @@ class KlineStreams:
             prev = conn.last_final_open_ms.get(key)
             if prev is None or item.candle.open_time > prev:
                 conn.last_final_open_ms[key] = item.candle.open_time
-            self._observer.stream_lag(key, int(now * 1000) - item.candle.close_time)
         elif self._closed_only:
             return
         await self._emit(item, conn)

@@ -495,3 +495,28 @@ async def test_handshake_451_is_fatal() -> None:
     async with fake_binance(hold_open, process_request=refuse) as (base, _):
         with pytest.raises(RestrictedLocation):
             await asyncio.wait_for(fast(base, [BTC]).run(), 3)
+
+
+async def test_cancelling_run_closes_connections_cleanly() -> None:
+    """Cancelling the run() task (the service's shutdown path) sends a normal close frame."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send(kline(BTC, 0))
+        await hold_open(ws)
+
+    async with fake_binance(handler) as (base, seen):
+        streams = fast(base, [BTC])
+        task = asyncio.create_task(streams.run())
+        got: list[StreamItem] = []
+        async with asyncio.timeout(3):
+            async for item in streams.events():
+                got.append(item)
+                if isinstance(item, KlineEvent):
+                    break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(seen[0].wait_closed(), 1.0)
+    assert isinstance(got[0], StreamsUp)
+    assert seen[0].close_code == 1000
+    assert streams.statistics().connections == 0

@@ -8,7 +8,7 @@ set -euo pipefail
 
 cmd=${1:-start}
 root=$(cd "$(dirname "$0")/.." && pwd)
-data="$root/.data/pg"
+data="${QRYPTIFY_LOCALDB_DIR:-$root/.data/pg}"
 port=${QRYPTIFY_LOCALDB_PORT:-54329}
 bindir=${PG_BINDIR:-}
 if [ -z "$bindir" ]; then
@@ -38,7 +38,7 @@ case "$cmd" in
     if [ ! -s "$data/PG_VERSION" ]; then
       say "Creating a local PostgreSQL cluster in $data ..."
       mkdir -p "$data"
-      [ "$(id -u)" = 0 ] && chown -R postgres: "$root/.data"
+      [ "$(id -u)" = 0 ] && chown -R postgres: "$(dirname "$data")"
       chmod 700 "$data"
       as_pg "$bindir/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
       {

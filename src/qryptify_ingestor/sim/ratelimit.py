@@ -126,6 +126,7 @@ class WeightLimiter:
             duration_ms = min(self.ban_max_ms, self.ban_base_ms * 2**state.bans)
             state.bans += 1
         state.banned_until = now + duration_ms
+        state.rejected = 0  # after the ban, the next over-budget request is a 429 again
         return Admission(Verdict.BANNED, state.used, duration_ms, state.banned_until)
 
     def reset(self) -> None:

@@ -74,11 +74,12 @@ class _Conn:
             return
         self.queue.put_nowait(data)
 
-    def request_close(self, code: int, message: str) -> None:
+    def request_close(self, code: int, message: str, *, discard_pending: bool = True) -> None:
+        """Close after the frames already queued (or at once, dropping them)."""
         if self.closing:
             return
         self.closing = True
-        while not self.queue.empty():  # closing: undelivered data does not matter any more
+        while discard_pending and not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait((code, message))
 
@@ -207,7 +208,7 @@ class WsHub:
                 self._control(conn, msg.data)
             elif msg.type == WSMsgType.BINARY:
                 self._reply(conn, {"error": {"code": 3, "msg": "Invalid JSON: binary frame"}})
-                conn.request_close(1003, "Invalid JSON")
+                conn.request_close(1003, "Invalid JSON", discard_pending=False)
 
     # -- control messages (binance-futures.md §4.5) ------------------------------------------
     def _reply(self, conn: _Conn, payload: dict[str, Any]) -> None:
@@ -221,7 +222,7 @@ class WsHub:
             req = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             self._reply(conn, {"error": {"code": 3, "msg": f"Invalid JSON: {exc}"}})
-            conn.request_close(1003, "Invalid JSON")
+            conn.request_close(1003, "Invalid JSON", discard_pending=False)
             return
         if not isinstance(req, dict):
             self._error(conn, 2, "Invalid request: expected a JSON object", None)

@@ -435,3 +435,32 @@ async def test_one_million_rows_verify_quickly(dsn: str) -> None:
     ]
     # About 3 s here for 1M rows in either mode; 20 s leaves room for a slow CI machine.
     assert elapsed < 20, f"verify took {elapsed:.1f} s for {n} rows"
+
+
+async def test_compressed_chunks_are_checked(dsn: str, db_mode: str) -> None:
+    """Holes and bad values are found inside TimescaleDB columnstore (compressed) chunks too."""
+    if db_mode != "timescaledb":
+        pytest.skip("compression exists only in TimescaleDB mode")
+    last = fill(dsn, BTC, T0, 3 * 24 * 60)
+    delete(dsn, BTC, T0 + 60 * MINUTE_MS, T0 + 62 * MINUTE_MS)
+    sql_exec(
+        dsn,
+        "UPDATE candlesticks SET low = 200 WHERE ts = to_timestamp(%(t)s)",
+        {"t": (T0 + 70 * MINUTE_MS) / 1000},
+    )
+    sql_exec(
+        dsn,
+        "ALTER TABLE candlesticks SET (timescaledb.enable_columnstore = true,"
+        " timescaledb.segmentby = 'symbol, interval', timescaledb.orderby = 'ts')",
+    )
+    sql_exec(
+        dsn,
+        "SET timescaledb.enable_compression_ratio_warnings = off;"
+        " SELECT compress_chunk(c) FROM show_chunks('candlesticks') c",
+    )
+    report = await verify(dsn, keys=[BTC], check_lag=False, now_ms=last)
+    assert report.check("hypertables").rows[0]["compressed_chunks"] >= 1
+    assert [(r["start_ms"], r["candles"]) for r in report.check("continuity").rows] == [
+        (T0 + 60 * MINUTE_MS, 2)
+    ]
+    assert report.check("values").rows[0]["ts_ms"] == T0 + 70 * MINUTE_MS

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import pytest
+from tests.sim_plugin import SIM_START_MS, MakeSim
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
@@ -520,3 +521,161 @@ async def test_cancelling_run_closes_connections_cleanly() -> None:
     assert isinstance(got[0], StreamsUp)
     assert seen[0].close_code == 1000
     assert streams.statistics().connections == 0
+
+
+# --- against the simulator (qryptify_ingestor.sim) --------------------------------------------
+
+SIM_BTC = StreamKey("BTCUSDT", "1m")
+SIM_ETH = StreamKey("ETHUSDT", "1m")
+
+
+async def until(
+    streams: KlineStreams, done: Callable[[StreamItem], bool], timeout_s: float = 5.0
+) -> list[StreamItem]:
+    """Items up to and including the first one for which `done` is true."""
+    out: list[StreamItem] = []
+    async with asyncio.timeout(timeout_s):
+        while not out or not done(out[-1]):
+            out.append(await streams.get())
+    return out
+
+
+def is_up(item: StreamItem) -> bool:
+    return isinstance(item, StreamsUp)
+
+
+def is_final(item: StreamItem) -> bool:
+    return isinstance(item, KlineEvent) and item.closed
+
+
+async def test_sim_drop_mid_candle_resyncs_and_still_delivers_the_final(
+    make_sim: MakeSim,
+) -> None:
+    """A server drop mid-candle gives Resync, a reconnect, and the candle's final afterwards."""
+    sim = await make_sim()
+    open_ms = MINUTE_MS * (SIM_START_MS // MINUTE_MS)
+    streams = fast(sim.ws_url, [SIM_BTC], closed_only=False)
+    async with running(streams):
+        first = await until(streams, lambda i: isinstance(i, KlineEvent))
+        assert first[0] == StreamsUp((SIM_BTC,), "connect")
+        assert sim.faults.ws_drop() == 1
+        items = await until(streams, is_up)
+        resyncs = [i for i in items if isinstance(i, Resync)]
+        assert len(resyncs) == 1 and "1001" in resyncs[0].reason
+        assert items[-1] == StreamsUp((SIM_BTC,), "reconnect after server close")
+        sim.clock.advance(MINUTE_MS)
+        final = (await until(streams, is_final))[-1]
+        assert isinstance(final, KlineEvent) and final.candle.open_time == open_ms
+
+
+async def test_sim_abrupt_drop_without_close_frame_reconnects(make_sim: MakeSim) -> None:
+    """A TCP reset (no close frame) is a loss too: Resync, then StreamsUp on a new connection."""
+    sim = await make_sim()
+    streams = fast(sim.ws_url, [SIM_BTC], closed_only=False)
+    async with running(streams):
+        await until(streams, lambda i: isinstance(i, KlineEvent))
+        sim.faults.ws_drop(abrupt=True)
+        items = await until(streams, is_up)
+        assert any(isinstance(i, Resync) for i in items)
+        assert streams.statistics().reconnects == 1
+
+
+async def test_sim_stall_is_detected_and_replaced(make_sim: MakeSim) -> None:
+    """A stalled feed (pings answered, no data) gives Resync and a fresh live connection."""
+    sim = await make_sim()
+    streams = fast(sim.ws_url, [SIM_BTC], closed_only=False, silence_timeout_s=0.4)
+    async with running(streams):
+        await until(streams, lambda i: isinstance(i, KlineEvent))
+        sim.faults.ws_stall(1.0)
+        items = await until(streams, is_up)
+        resync = next(i for i in items if isinstance(i, Resync))
+        assert resync.reason.startswith("silence")
+        assert items[-1] == StreamsUp((SIM_BTC,), "reconnect after silence")
+        assert streams.statistics().stalls >= 1
+
+
+async def test_sim_one_stalled_stream_is_caught_by_its_overdue_final(make_sim: MakeSim) -> None:
+    """One stream stalls while another flows: its missing final replaces the connection."""
+    sim = await make_sim()
+    streams = fast(
+        sim.ws_url,
+        [SIM_BTC, SIM_ETH],
+        stream_close_margin_s=5.0,
+        silence_timeout_s=60.0,  # keep the connection-wide watchdog out of this test
+        clock=lambda: sim.clock.now_ms() / 1000,
+    )
+    async with running(streams):
+        assert await streams.get() == StreamsUp((SIM_BTC, SIM_ETH), "connect")
+        sim.faults.ws_stall(3600, stream=SIM_BTC.stream_name)
+        sim.clock.advance(MINUTE_MS)  # ETH's final arrives, BTC's does not
+        items = await until(streams, lambda i: isinstance(i, Resync), timeout_s=4)
+        assert [i.candle.symbol for i in items if isinstance(i, KlineEvent)] == ["ETHUSDT"]
+        resync = items[-1]
+        assert isinstance(resync, Resync) and resync.reason == f"overdue final for {SIM_BTC}"
+
+
+async def test_sim_duplicate_and_late_finals_are_passed_on_without_alarm(
+    make_sim: MakeSim,
+) -> None:
+    """A final sent twice arrives twice; a late final (after the next update) is no stall."""
+    sim = await make_sim()
+    first_open = MINUTE_MS * (SIM_START_MS // MINUTE_MS)
+    streams = fast(sim.ws_url, [SIM_BTC], closed_only=False)
+    async with running(streams):
+        await until(streams, lambda i: isinstance(i, KlineEvent))
+        sim.faults.ws_duplicate_finals(1)
+        sim.clock.advance(MINUTE_MS)
+        items = await until(streams, is_final)
+        items += await until(streams, lambda i: isinstance(i, KlineEvent))
+        finals = [i.candle.open_time for i in items if is_final(i)]  # type: ignore[union-attr]
+        assert finals == [first_open, first_open]
+
+        sim.faults.ws_late_finals(1)
+        sim.clock.advance(MINUTE_MS)
+        items = await until(streams, is_final)
+        kl = [i for i in items if isinstance(i, KlineEvent)]
+        # The update of the next candle came first, then the late final of the previous one.
+        assert kl[-1].candle.open_time == first_open + MINUTE_MS
+        assert any(not e.closed and e.candle.open_time == first_open + 2 * MINUTE_MS for e in kl)
+        assert not any(isinstance(i, Resync) for i in items)
+        assert streams.statistics().stalls == 0
+
+
+async def test_sim_lifetime_cut_reconnects(make_sim: MakeSim) -> None:
+    """The server's forced lifetime disconnect (1001) is a loss: Resync, then StreamsUp."""
+    sim = await make_sim(ws_lifetime_s=0.5)
+    streams = fast(sim.ws_url, [SIM_BTC], closed_only=False)
+    async with running(streams):
+        items = await until(streams, is_up)  # connect
+        items = await until(streams, is_up)  # after the cut
+        resync = next(i for i in items if isinstance(i, Resync))
+        assert "lifetime" in resync.reason
+        assert items[-1] == StreamsUp((SIM_BTC,), "reconnect after server close")
+
+
+async def test_sim_rotation_before_the_cut_loses_nothing(make_sim: MakeSim) -> None:
+    """Rotating before the server's lifetime cut never yields a Resync; pushes keep coming."""
+    sim = await make_sim(ws_lifetime_s=1.0)
+    streams = fast(sim.ws_url, [SIM_BTC], closed_only=False, lifetime_s=0.4)
+    async with running(streams):
+        items: list[StreamItem] = []
+        while sum(map(is_up, items)) < 4:
+            items += await until(streams, is_up)
+    assert [i.reason for i in items if isinstance(i, StreamsUp)] == ["connect"] + ["rotate"] * 3
+    assert not any(isinstance(i, Resync) for i in items)
+    assert sim.stats.ws_forced_closes == 0
+
+
+async def test_sim_unrouted_url_is_caught_by_the_first_message_timeout(
+    make_sim: MakeSim, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kline streams on the unrouted /stream get no data: never reported live, counted as stalls."""
+    sim = await make_sim()
+    with caplog.at_level(logging.WARNING, logger="qryptify_ingestor.binance.stream"):
+        streams = fast(f"ws://127.0.0.1:{sim.port}", [SIM_BTC], silence_timeout_s=0.2)
+        async with running(streams):
+            await asyncio.sleep(0.7)
+            assert streams.drain() == []
+            assert streams.statistics().stalls >= 2
+    assert "does not end in /market" in caplog.text
+    assert "no message within" in caplog.text

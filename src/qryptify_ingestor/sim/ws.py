@@ -55,7 +55,7 @@ class WsSettings:
 @dataclass(eq=False, slots=True)
 class _Conn:
     ws: web.WebSocketResponse
-    transport: asyncio.BaseTransport | None
+    transport: asyncio.Transport | None
     routed: bool
     combined: bool
     opened: float = field(default_factory=time.monotonic)

@@ -19,7 +19,8 @@ Fixtures:
   (test ids ``[plain]``/``[timescaledb]``, so ``-k plain`` works).
 - ``db_mode``: ``"plain"`` or ``"timescaledb"`` for the current ``pg_cluster``.
 - ``database_url``: a fresh, empty database on ``pg_cluster`` per test, dropped afterwards.
-- ``pg_plain_cluster`` / ``plain_database_url``: the same for tests that need only plain mode.
+- ``pg_plain_cluster`` / ``plain_database_url`` and ``pg_timescaledb_cluster`` /
+  ``timescaledb_database_url``: the same for tests that need only one mode.
 
 Chaos helpers on :class:`PgCluster`: ``stop(mode="immediate")``, ``start()``, ``restart()``,
 ``dsn(dbname, user=..., password=...)``, ``execute(sql, dbname=...)``. A test that stops a cluster
@@ -147,8 +148,10 @@ class PgCluster:
             "listen_addresses = '127.0.0.1'",
             f"port = {self.port}",
             f"unix_socket_directories = '{self.root}'",
+            # The OS never crashes under a test, so skipping fsync loses nothing. Commits stay
+            # synchronous: chaos tests crash the server (stop -m immediate) and must find every
+            # committed row after the restart.
             "fsync = off",
-            "synchronous_commit = off",
             "full_page_writes = off",
             "max_connections = 200",
             "password_encryption = 'scram-sha-256'",
@@ -306,6 +309,12 @@ def pg_plain_cluster(_pg_clusters: _Clusters) -> PgCluster:
     return _pg_clusters.get("plain")
 
 
+@pytest.fixture(scope="session")
+def pg_timescaledb_cluster(_pg_clusters: _Clusters) -> PgCluster:
+    """The TimescaleDB cluster, for TimescaleDB-only tests (skipped with the reason if absent)."""
+    return _pg_clusters.get("timescaledb")
+
+
 @pytest.fixture
 def db_mode(pg_cluster: PgCluster) -> Mode:
     """'plain' or 'timescaledb': the mode of the current `pg_cluster`."""
@@ -335,9 +344,22 @@ def plain_database_url(pg_plain_cluster: PgCluster) -> Iterator[str]:
     yield from _fresh_database(pg_plain_cluster)
 
 
+@pytest.fixture
+def timescaledb_database_url(pg_timescaledb_cluster: PgCluster) -> Iterator[str]:
+    """URL of a fresh empty database on the TimescaleDB cluster, dropped after the test."""
+    yield from _fresh_database(pg_timescaledb_cluster)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use a cluster get the `db` marker, so `-m "not db"` skips them all."""
-    db_fixtures = {"pg_cluster", "pg_plain_cluster", "database_url", "plain_database_url"}
+    db_fixtures = {
+        "pg_cluster",
+        "pg_plain_cluster",
+        "pg_timescaledb_cluster",
+        "database_url",
+        "plain_database_url",
+        "timescaledb_database_url",
+    }
     for item in items:
         if db_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.db)

@@ -13,6 +13,7 @@ if str(_TESTS.parent) not in sys.path:
 
 pytest_plugins = [
     "tests.pg_plugin",
+    "tests.ingest_plugin",
     # The simulator fixtures; guarded so this file works before/without that plugin.
     *(["tests.sim_plugin"] if (_TESTS / "sim_plugin.py").exists() else []),
 ]

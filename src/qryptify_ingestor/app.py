@@ -44,7 +44,9 @@ def require_dsn(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_storage(settings: Settings, observer: Observer = NULL_OBSERVER) -> AsyncIterator[Storage]:
+async def open_storage(
+    settings: Settings, observer: Observer = NULL_OBSERVER
+) -> AsyncIterator[Storage]:
     dsn = require_dsn(settings)
     storage = await Storage.open(dsn, max_size=settings.db_pool_size, observer=observer)
     try:
@@ -56,15 +58,24 @@ async def open_storage(settings: Settings, observer: Observer = NULL_OBSERVER) -
 async def _migrate(storage: Storage, dsn: str) -> None:
     info = await storage.migrate()
     if info.timescaledb:
-        log.info("database %s: schema version %d, TimescaleDB hypertable + columnstore on",
-                 mask_dsn(dsn), info.version)
+        log.info(
+            "database %s: schema version %d, TimescaleDB hypertable + columnstore on",
+            mask_dsn(dsn),
+            info.version,
+        )
     else:
-        log.info("database %s: schema version %d, plain PostgreSQL (TimescaleDB features are off:"
-                 " the extension is not available on this server)", mask_dsn(dsn), info.version)
+        log.info(
+            "database %s: schema version %d, plain PostgreSQL (TimescaleDB features are off:"
+            " the extension is not available on this server)",
+            mask_dsn(dsn),
+            info.version,
+        )
 
 
 def build_rest(settings: Settings, observer: Observer) -> BinanceRest:
-    budget = WeightBudget(DEFAULT_WEIGHT_LIMIT, DEFAULT_WEIGHT_WINDOW_MS, share=settings.binance.weight_share)
+    budget = WeightBudget(
+        DEFAULT_WEIGHT_LIMIT, DEFAULT_WEIGHT_WINDOW_MS, share=settings.binance.weight_share
+    )
     return BinanceRest(
         settings.binance.rest_url,
         budget=budget,
@@ -74,7 +85,9 @@ def build_rest(settings: Settings, observer: Observer) -> BinanceRest:
     )
 
 
-def build_streams(settings: Settings, keys: Sequence[StreamKey], observer: Observer) -> KlineStreams:
+def build_streams(
+    settings: Settings, keys: Sequence[StreamKey], observer: Observer
+) -> KlineStreams:
     live = settings.live
     return KlineStreams(
         settings.binance.ws_url,
@@ -102,59 +115,105 @@ def tuning(settings: Settings) -> Tuning:
 
 async def run(settings: Settings, *, live: bool) -> int:
     """`qryptify run` (live=True) and `qryptify backfill` (live=False)."""
-    observer, metrics_server = await _start_metrics(settings, live)
-    try:
-        async with open_storage(settings, observer) as storage:
-            await _migrate(storage, require_dsn(settings))
-            rest = build_rest(settings, observer)
-            try:
-                clock = ExchangeClock()
-                progress = make_progress(Console(stderr=True))
-                ingestor = Ingestor(rest, storage, tuning=tuning(settings), clock=clock,
-                                    observer=observer, progress=progress)
-                log.info("connecting to Binance REST at %s", settings.binance.rest_url)
-                await ingestor._retrying("server time", lambda: clock.sync(rest))
-                await ingestor.load_exchange_info(settings.symbols)
-                keys = settings.stream_keys()
-                if metrics_server is not None:
-                    metrics_server.ingestor = ingestor
-                if live:
-                    streams = build_streams(settings, keys, observer)
-                    log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
-                    with progress:
-                        await ingestor.follow(streams, keys)
-                    return 0
+    keys = settings.stream_keys()
+    async with (
+        _metrics(settings, keys, live) as observer,
+        open_storage(settings, observer) as storage,
+    ):
+        ref = getattr(observer, "storage_ref", None)
+        if ref is not None:
+            ref.append(storage)
+        await _migrate(storage, require_dsn(settings))
+        rest = build_rest(settings, observer)
+        try:
+            clock = ExchangeClock()
+            progress = make_progress(Console(stderr=True))
+            ingestor = Ingestor(
+                rest,
+                storage,
+                tuning=tuning(settings),
+                clock=clock,
+                observer=observer,
+                progress=progress,
+            )
+            log.info("connecting to Binance REST at %s", settings.binance.rest_url)
+            await ingestor.retrying("reading the server time", lambda: clock.sync(rest))
+            await ingestor.load_exchange_info(settings.symbols)
+            if live:
+                streams = build_streams(settings, keys, observer)
+                log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
                 with progress:
-                    results = await ingestor.backfill(keys)
-                return _report_backfill(results)
-            finally:
-                await rest.aclose()
-    finally:
-        if metrics_server is not None:
-            await metrics_server.stop()
+                    await ingestor.follow(streams, keys)
+                return 0
+            with progress:
+                results = await ingestor.backfill(keys)
+            return _report_backfill(results)
+        finally:
+            await rest.aclose()
 
 
 def _report_backfill(results: dict[StreamKey, StreamResult]) -> int:
     failed = 0
     for key, result in results.items():
-        log.info("%s: %d candle(s) written, %d request(s), last %s%s", key, result.written,
-                 result.requests, format_ms(result.last_ms),
-                 f", {len(result.gaps)} exchange gap(s) recorded" if result.gaps else "")
+        log.info(
+            "%s: %d candle(s) written, %d request(s), last %s%s",
+            key,
+            result.written,
+            result.requests,
+            format_ms(result.last_ms),
+            f", {len(result.gaps)} exchange gap(s) recorded" if result.gaps else "",
+        )
         for start, end, reason in result.failed:
             failed += 1
-            log.error("%s: range %s .. %s failed: %s (recorded; `qryptify repair` retries it)",
-                      key, format_ms(start), format_ms(end), reason)
+            log.error(
+                "%s: range %s .. %s failed: %s (recorded; `qryptify repair` retries it)",
+                key,
+                format_ms(start),
+                format_ms(end),
+                reason,
+            )
     return 1 if failed else 0
 
 
-async def _start_metrics(settings: Settings, live: bool):  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def _metrics(
+    settings: Settings, keys: Sequence[StreamKey], live: bool
+) -> AsyncIterator[Observer]:
+    """Prometheus metrics and /health, /ready while `run` follows live; a no-op observer else."""
     if not (live and settings.metrics.enabled):
-        return NULL_OBSERVER, None
-    from qryptify_ingestor.health import HealthServer
+        yield NULL_OBSERVER
+        return
+    from qryptify_ingestor.metrics import (
+        MetricsServer,
+        PrometheusObserver,
+        ReadyState,
+        stream_readiness,
+    )
 
-    server = HealthServer(settings)
+    observer = PrometheusObserver()
+    storage_ref: list[Storage] = []
+
+    async def readiness() -> ReadyState:
+        database_ok = bool(storage_ref)
+        if storage_ref:
+            await storage_ref[0].schema_info()  # DatabaseUnavailable -> 503 with the reason
+        margin_ms = int(settings.live.close_margin_s * 1000)
+        return ReadyState(database_ok, stream_readiness(observer.lags_ms(), keys, margin_ms))
+
+    server = MetricsServer(
+        observer, host=settings.metrics.host, port=settings.metrics.port, readiness=readiness
+    )
     await server.start()
-    return server.observer, server
+    log.info(
+        "metrics on http://%s:%d/metrics (health: /health, readiness: /ready)",
+        settings.metrics.host,
+        server.port,
+    )
+    observer.storage_ref = storage_ref  # type: ignore[attr-defined]
+    try:
+        yield observer
+    finally:
+        await server.stop()
 
 
 # ---------------------------------------------------------------------------- status
@@ -168,32 +227,57 @@ async def status(settings: Settings, *, as_json: bool) -> int:
     for row in report.rows:
         interval = Interval(row.key.interval)
         lag = None if row.last_ms is None else max(0, now - interval.next_open(row.last_ms))
-        rows.append({
-            "symbol": row.key.symbol,
-            "interval": row.key.interval,
-            "first": _iso(row.first_ms),
-            "last": _iso(row.last_ms),
-            "rows": row.count,
-            "resume_point": _iso(row.resume_ms),
-            "lag_s": None if lag is None else lag / 1000,
-            "exchange_gaps": row.gaps,
-            "failed_ranges": row.failed,
-        })
+        rows.append(
+            {
+                "symbol": row.key.symbol,
+                "interval": row.key.interval,
+                "first": _iso(row.first_ms),
+                "last": _iso(row.last_ms),
+                "rows": row.count,
+                "resume_point": _iso(row.resume_ms),
+                "lag_s": None if lag is None else lag / 1000,
+                "exchange_gaps": row.gaps,
+                "failed_ranges": row.failed,
+            }
+        )
     if as_json:
-        doc = {"storage": "timescaledb" if report.timescaledb else "postgresql",
-               "schema_version": report.schema_version, "streams": rows}
+        doc = {
+            "storage": "timescaledb" if report.timescaledb else "postgresql",
+            "schema_version": report.schema_version,
+            "streams": rows,
+        }
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     console = Console()
     mode = "TimescaleDB" if report.timescaledb else "PostgreSQL (TimescaleDB features off)"
     console.print(f"storage: [bold]{mode}[/]   schema version: [bold]{report.schema_version}[/]")
     table = Table(show_lines=False)
-    for col in ("symbol", "interval", "first", "last", "rows", "resume point", "lag", "gaps", "failed"):
-        table.add_column(col, justify="right" if col in ("rows", "lag", "gaps", "failed") else "left")
+    for col in (
+        "symbol",
+        "interval",
+        "first",
+        "last",
+        "rows",
+        "resume point",
+        "lag",
+        "gaps",
+        "failed",
+    ):
+        table.add_column(
+            col, justify="right" if col in ("rows", "lag", "gaps", "failed") else "left"
+        )
     for r in rows:
-        table.add_row(r["symbol"], r["interval"], r["first"] or "-", r["last"] or "-", f"{r['rows']:,}",
-                      r["resume_point"] or "-", _human_lag(r["lag_s"]), str(r["exchange_gaps"]),
-                      str(r["failed_ranges"]))
+        table.add_row(
+            r["symbol"],
+            r["interval"],
+            r["first"] or "-",
+            r["last"] or "-",
+            f"{r['rows']:,}",
+            r["resume_point"] or "-",
+            _human_lag(r["lag_s"]),
+            str(r["exchange_gaps"]),
+            str(r["failed_ranges"]),
+        )
     console.print(table)
     return 0
 

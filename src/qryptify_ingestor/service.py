@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from qryptify_ingestor.binance.parse import ExchangeInfo, KlineEvent
 from qryptify_ingestor.binance.rest import BinanceRest
@@ -40,6 +40,8 @@ from qryptify_ingestor.planning import Window, find_gaps, last_closed_open, plan
 from qryptify_ingestor.storage.postgres import Advance, Storage
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # USDⓈ-M contracts we ingest; anything else named in the config is refused at start
 # (binance-futures.md §6.4: filter the universe explicitly, the CM merge may list CM symbols).
@@ -144,8 +146,8 @@ def check_universe(info: ExchangeInfo, symbols: Sequence[str]) -> list[str]:
             found.margin_asset and found.margin_asset not in USDM_MARGIN_ASSETS
         ):
             problems.append(
-                f"{symbol} (contract {found.contract_type or '?'}, margin {found.margin_asset or '?'}"
-                " is not a USDⓈ-M contract we ingest)"
+                f"{symbol} (contract {found.contract_type or '?'}, "
+                f"margin {found.margin_asset or '?'}: not a USDⓈ-M contract we ingest)"
             )
     return problems
 
@@ -183,7 +185,7 @@ class Ingestor:
 
     async def load_exchange_info(self, symbols: Sequence[str]) -> ExchangeInfo:
         """Fetch exchangeInfo (retrying while Binance is unreachable); refuse unknown symbols."""
-        info = await self._retrying("exchangeInfo", self.rest.get_exchange_info)
+        info = await self.retrying("exchangeInfo", self.rest.get_exchange_info)
         problems = check_universe(info, symbols)
         if problems:
             raise ConfigError("symbols: not USDⓈ-M futures symbols: " + ", ".join(problems))
@@ -192,14 +194,16 @@ class Ingestor:
         self.exchange_info = info
         return info
 
-    async def _retrying[T](self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call until it succeeds; retryable failures are logged and retried with backoff."""
         attempt = 0
         while True:
             try:
                 return await call()
             except RetryableError as exc:
-                delay = retry_delay(min(attempt, 10), self.tuning.retry_base_s, self.tuning.retry_max_s)
+                delay = retry_delay(
+                    min(attempt, 10), self.tuning.retry_base_s, self.tuning.retry_max_s
+                )
                 delay = max(delay, self.tuning.retry_base_s)
                 log.warning("%s failed: %s; retrying in %.1f s", what, exc, delay)
                 attempt += 1
@@ -210,7 +214,7 @@ class Ingestor:
     async def backfill(self, keys: Sequence[StreamKey]) -> dict[StreamKey, StreamResult]:
         """Fetch and store every closed candle from the resume point (or start) to now."""
         results = {key: StreamResult(key) for key in keys}
-        states = await self._retrying("reading sync_state", self.storage.sync_states)
+        states = await self.retrying("reading sync_state", self.storage.sync_states)
         plans = await asyncio.gather(
             *(self._plan(key, states.get(key), results[key]) for key in keys)
         )
@@ -249,13 +253,15 @@ class Ingestor:
     async def _first_open(self, key: StreamKey, start_ms: int, result: StreamResult) -> int | None:
         """Open time of the first candle at or after `start_ms` (one request, weight 1)."""
         result.requests += 1
-        rows = await self._retrying(
+        rows = await self.retrying(
             f"{key} first-candle probe",
             lambda: self.rest.get_klines(key.symbol, key.interval, start_ms=start_ms, limit=1),
         )
         return rows[0].open_time if rows else None
 
-    async def _run_pages(self, plans: list[_StreamPlan], results: dict[StreamKey, StreamResult]) -> None:
+    async def _run_pages(
+        self, plans: list[_StreamPlan], results: dict[StreamKey, StreamResult]
+    ) -> None:
         slots = asyncio.Semaphore(self.tuning.max_pages_buffered)
         ready = asyncio.Event()
         by_key = {p.key: p for p in plans}
@@ -303,29 +309,49 @@ class Ingestor:
             try:
                 result.requests += 1
                 rows = await self.rest.get_klines(
-                    key.symbol, key.interval, start_ms=window.start, end_ms=window.last,
+                    key.symbol,
+                    key.interval,
+                    start_ms=window.start,
+                    end_ms=window.last,
                     limit=window.limit,
                 )
             except MalformedPayload as exc:
                 # The adapter already retried; the range is recorded as failed and reported,
                 # and the rest of the work goes on.
                 self.observer.malformed(key, "rest")
-                log.error("%s: malformed page %s..%s: %s [%s]", key, format_ms(window.start),
-                          format_ms(window.last), exc, exc.excerpt)
+                log.error(
+                    "%s: malformed page %s..%s: %s [%s]",
+                    key,
+                    format_ms(window.start),
+                    format_ms(window.last),
+                    exc,
+                    exc.excerpt,
+                )
                 page.reason = str(exc)
                 return page
             except RetryableError as exc:
-                delay = max(retry_delay(min(attempt, 10), self.tuning.retry_base_s,
-                                        self.tuning.retry_max_s), self.tuning.retry_base_s)
-                log.warning("%s: page %s failed: %s; retrying in %.1f s", key,
-                            format_ms(window.start), exc, delay)
+                delay = max(
+                    retry_delay(
+                        min(attempt, 10), self.tuning.retry_base_s, self.tuning.retry_max_s
+                    ),
+                    self.tuning.retry_base_s,
+                )
+                log.warning(
+                    "%s: page %s failed: %s; retrying in %.1f s",
+                    key,
+                    format_ms(window.start),
+                    exc,
+                    delay,
+                )
                 attempt += 1
                 await self._sleep(delay)
                 continue
             now = self.clock()
             # Never store the open candle: a row is closed only when its close time is
             # before exchange time (binance-futures.md §1.5).
-            page.candles = [c for c in rows if c.close_time < now and window.start <= c.open_time <= window.last]
+            page.candles = [
+                c for c in rows if c.close_time < now and window.start <= c.open_time <= window.last
+            ]
             return page
 
     def _take_ready(self, plans: dict[StreamKey, _StreamPlan]) -> list[_Page]:
@@ -384,8 +410,12 @@ class Ingestor:
             results[key].failed.append((start, end, reason))
         for key, start, end in gaps:
             results[key].gaps.append((start, end))
-            log.info("%s: exchange gap %s .. %s (Binance has no candles there); recorded",
-                     key, format_ms(start), format_ms(end))
+            log.info(
+                "%s: exchange gap %s .. %s (Binance has no candles there); recorded",
+                key,
+                format_ms(start),
+                format_ms(end),
+            )
         for adv in advances:
             results[adv.key].last_ms = adv.new_last_ms
 
@@ -425,13 +455,13 @@ class Ingestor:
                 for key, start, end, reason in failed:
                     await self.storage.record_failed_range(key, start, end, reason)
                 if candles or advances:
-                    started = time.perf_counter()
                     await self.storage.write_candles(candles, advances)
-                    self.observer.db_write(time.perf_counter() - started, len(candles))
                 return
             except DatabaseUnavailable as exc:
-                delay = max(retry_delay(min(attempt, 8), self.tuning.retry_base_s,
-                                        self.tuning.retry_max_s), self.tuning.retry_base_s)
+                delay = max(
+                    retry_delay(min(attempt, 8), self.tuning.retry_base_s, self.tuning.retry_max_s),
+                    self.tuning.retry_base_s,
+                )
                 log.warning("database unavailable: %s; retrying the write in %.1f s", exc, delay)
                 attempt += 1
                 await self._sleep(delay)
@@ -448,7 +478,7 @@ class Ingestor:
         async with asyncio.TaskGroup() as group:
             group.create_task(streams.run(), name="kline-streams")
             await self.backfill(keys)
-            states = await self._retrying("reading sync_state", self.storage.sync_states)
+            states = await self.retrying("reading sync_state", self.storage.sync_states)
             self._last = {k: states[k].last_ms for k in keys if k in states}
             self._fill_pending: set[StreamKey] = set()
             self._fill_wanted = asyncio.Event()

@@ -106,7 +106,9 @@ class Diff:
         return not (self.missing or self.extra or self.mismatched or self.duplicates)
 
 
-def truth_diff(sim: Simulator, dsn: str, keys: Sequence[StreamKey], start_ms: int, end_ms: int) -> Diff:
+def truth_diff(
+    sim: Simulator, dsn: str, keys: Sequence[StreamKey], start_ms: int, end_ms: int
+) -> Diff:
     """Compare stored candles with the simulator's closed candles opening in [start, end)."""
     missing: list[int] = []
     extra: list[int] = []

@@ -99,10 +99,12 @@ async def test_resume_after_interruption_refetches_nothing_stored(
     await b.ingestor.backfill(wanted)
     now = sim.clock.now_ms()
     assert truth_diff(sim, database_url, wanted, start, now).clean
-    total = sum(Interval("1m").count(Interval("1m").ceil(start), Interval("1m").floor(now))
-                for _ in wanted)
+    total = sum(
+        Interval("1m").count(Interval("1m").ceil(start), Interval("1m").floor(now)) for _ in wanted
+    )
     stored_at_stop = sum(
-        Interval("1m").count(Interval("1m").ceil(start), resumed_from[k] + MINUTE_MS) for k in wanted
+        Interval("1m").count(Interval("1m").ceil(start), resumed_from[k] + MINUTE_MS)
+        for k in wanted
     )
     # The second run fetched only what was missing (plus at most one probe row per stream).
     assert sim.stats.klines_rows_served - rows_before <= total - stored_at_stop + len(wanted)

@@ -39,12 +39,21 @@ def main() -> int:
     os.chmod(tmp, 0o755)
     db_port = free_port()
     sim_port = free_port()
-    env = {**os.environ, "QRYPTIFY_LOCALDB_DIR": str(tmp / "pg"), "QRYPTIFY_LOCALDB_PORT": str(db_port)}
+    env = {
+        **os.environ,
+        "QRYPTIFY_LOCALDB_DIR": str(tmp / "pg"),
+        "QRYPTIFY_LOCALDB_PORT": str(db_port),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     try:
         print("== starting a temporary PostgreSQL cluster", flush=True)
-        url = subprocess.run([str(ROOT / "scripts/localdb.sh"), "start"], env=env, check=True,
-                             capture_output=True, text=True).stdout.strip()
+        url = subprocess.run(
+            [str(ROOT / "scripts/localdb.sh"), "start"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         print(f"   {url}")
         print(f"== starting the Binance simulator on 127.0.0.1:{sim_port}", flush=True)
         sim = subprocess.Popen([str(BIN / "qryptify"), "sim", "--port", str(sim_port)])
@@ -65,9 +74,14 @@ def main() -> int:
             "QRYPTIFY_START_DATE": start,
             "QRYPTIFY_METRICS_ENABLED": "false",
         }
-        print(f"== qryptify run: backfill from {start} UTC, then live (stops after {args.seconds:.0f} s)",
-              flush=True)
-        ingestor = subprocess.Popen([str(BIN / "qryptify"), "run", "--config", os.devnull], env=run_env)
+        print(
+            f"== qryptify run: backfill from {start} UTC, then live"
+            f" (stops after {args.seconds:.0f} s)",
+            flush=True,
+        )
+        ingestor = subprocess.Popen(
+            [str(BIN / "qryptify"), "run", "--config", os.devnull], env=run_env
+        )
         procs.append(ingestor)
         deadline = time.monotonic() + args.seconds
         while time.monotonic() < deadline and ingestor.poll() is None:
@@ -76,15 +90,18 @@ def main() -> int:
             ingestor.send_signal(signal.SIGTERM)
             ingestor.wait(timeout=10)
         print(f"== ingestor exited with {ingestor.returncode}; status:", flush=True)
-        subprocess.run([str(BIN / "qryptify"), "status", "--config", os.devnull], env=run_env, check=False)
+        subprocess.run(
+            [str(BIN / "qryptify"), "status", "--config", os.devnull], env=run_env, check=False
+        )
         return 0 if ingestor.returncode == 0 else 1
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
                 p.wait(timeout=10)
-        subprocess.run([str(ROOT / "scripts/localdb.sh"), "stop"], env=env, check=False,
-                       capture_output=True)
+        subprocess.run(
+            [str(ROOT / "scripts/localdb.sh"), "stop"], env=env, check=False, capture_output=True
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 

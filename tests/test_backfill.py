@@ -86,8 +86,9 @@ async def test_resume_after_interruption_refetches_nothing_stored(
     start = sim.clock.now_ms() - 3 * DAY_MS
     a = await make_ingestor(sim, database_url, start_ms=start, max_requests_in_flight=2)
     task = asyncio.create_task(a.ingestor.backfill(wanted))
-    while sum(len(stored_rows(database_url, k)) for k in wanted) < 2000:
-        await asyncio.sleep(0.05)
+    async with asyncio.timeout(30):
+        while sum(len(stored_rows(database_url, k)) for k in wanted) < 2000:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

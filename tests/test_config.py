@@ -40,7 +40,7 @@ def test_example_file_documents_every_key() -> None:
     root = Path(__file__).resolve().parents[1]
     s = load_settings(root / "config.example.yaml", environ={})
     text = (root / "config.example.yaml").read_text()
-    for name, field in type(s).model_fields.items():
+    for name in type(s).model_fields:
         assert f"{name}:" in text, name
         sub = getattr(s, name)
         if isinstance(sub, BaseModel):
@@ -67,8 +67,11 @@ def test_environment_overrides_file(tmp_path: Path) -> None:
 
 def test_flags_beat_environment(tmp_path: Path) -> None:
     """Command-line overrides win over the environment."""
-    s = load_settings(write(tmp_path, CONTRACT), environ={"QRYPTIFY_DATABASE_URL": "postgresql://env/x"},
-                      overrides={"database_url": "postgresql://flag/y"})
+    s = load_settings(
+        write(tmp_path, CONTRACT),
+        environ={"QRYPTIFY_DATABASE_URL": "postgresql://env/x"},
+        overrides={"database_url": "postgresql://flag/y"},
+    )
     assert s.database_url == "postgresql://flag/y"
 
 
@@ -98,7 +101,7 @@ def test_bad_input_names_key_and_value(tmp_path: Path, text: str, expected: str)
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     """An explicit --config path that does not exist is an error naming it."""
-    with pytest.raises(ConfigError, match="nope.yaml: not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: not found"):
         load_settings(tmp_path / "nope.yaml", environ={})
 
 

@@ -47,7 +47,9 @@ def test_ceil_and_count_for_fixed_intervals() -> None:
     assert i.ceil(ms(2024, 1, 1, 0, 5)) == ms(2024, 1, 1, 0, 5)
     assert i.count(ms(2024, 1, 1), ms(2024, 1, 1, 1)) == 12
     assert i.opens(ms(2024, 1, 1), ms(2024, 1, 1, 0, 15)) == [
-        ms(2024, 1, 1), ms(2024, 1, 1, 0, 5), ms(2024, 1, 1, 0, 10)
+        ms(2024, 1, 1),
+        ms(2024, 1, 1, 0, 5),
+        ms(2024, 1, 1, 0, 10),
     ]
 
 
@@ -58,7 +60,9 @@ def test_unknown_interval_is_refused(bad: str) -> None:
         Interval(bad)
 
 
-@pytest.mark.parametrize("bad", ["btcusdt", "BTC-USDT", "BTC/USDT", "A", "BTC USDT", "X" * 31, "'; drop"])
+@pytest.mark.parametrize(
+    "bad", ["btcusdt", "BTC-USDT", "BTC/USDT", "A", "BTC USDT", "X" * 31, "'; drop"]
+)
 def test_symbol_validation_refuses_unsafe_text(bad: str) -> None:
     """A symbol must be safe in URLs, stream names and SQL before it is used anywhere."""
     with pytest.raises(ValueError):

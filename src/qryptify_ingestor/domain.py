@@ -65,7 +65,9 @@ class Interval:
 
     def __post_init__(self) -> None:
         if self.name not in INTERVALS:
-            raise ValueError(f"invalid interval {self.name!r}: expected one of {' '.join(INTERVALS)}")
+            raise ValueError(
+                f"invalid interval {self.name!r}: expected one of {' '.join(INTERVALS)}"
+            )
 
     def __str__(self) -> str:
         return self.name

@@ -11,11 +11,11 @@ from decimal import Decimal
 import orjson
 import psycopg
 import pytest
-from tests.pg_plugin import PgCluster
 
 from qryptify_ingestor.domain import Candle, Interval, StreamKey
 from qryptify_ingestor.errors import ConfigError, DatabaseUnavailable
 from qryptify_ingestor.storage import MAX_WRITE_ROWS, Advance, Storage, mask_dsn
+from tests.pg_plugin import PgCluster
 
 BTC = StreamKey("BTCUSDT", "1m")
 ETH = StreamKey("ETHUSDT", "1m")
@@ -125,11 +125,13 @@ async def test_one_batch_spans_several_keys(storage: Storage) -> None:
     assert report.db_now_ms > T0
 
 
-async def test_batch_limit_is_enforced(storage: Storage) -> None:
-    """A batch larger than MAX_WRITE_ROWS is refused before touching the database."""
+async def test_oversized_or_unsafe_batches_are_refused(storage: Storage) -> None:
+    """Batches over MAX_WRITE_ROWS or with text COPY control characters in a key are refused."""
     too_many = [candle(BTC, T0)] * (MAX_WRITE_ROWS + 1)
     with pytest.raises(ValueError, match="limit"):
         await storage.write_candles(too_many)
+    with pytest.raises(ValueError, match="refusing"):
+        await storage.write_candles([candle(StreamKey("BTC\tUSDT", "1m"), T0)])
 
 
 # --- the resume point ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ connection trouble becomes `DatabaseUnavailable` (retryable), bad credentials or
 database become `ConfigError`, anything else propagates unchanged. No message carries the DSN's
 password (`mask_dsn`).
 
-Writing a batch is one transaction: binary COPY into a per-connection TEMP staging table, one
+Writing a batch is one transaction: text COPY into a per-connection TEMP staging table, one
 `INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE values differ` (TimescaleDB rejects MERGE on a
 columnstore hypertable, and a plain COPY of a duplicate key fails), the `sync_state` advances,
 and a `NOTIFY candles` per key that changed. Idempotency lives in SQL: replaying a batch changes
@@ -198,17 +198,26 @@ CREATE TEMP TABLE IF NOT EXISTS qryptify_candle_stage (
     taker_buy_base numeric, taker_buy_quote numeric
 ) ON COMMIT DELETE ROWS
 """
-_COPY_STAGE = f"COPY {_STAGE} FROM STDIN (FORMAT BINARY)"
-_STAGE_TYPES = [
-    "text", "text", "int8",
-    "numeric", "numeric", "numeric", "numeric", "numeric",
-    "int8", "numeric", "int8", "numeric", "numeric",
-]  # fmt: skip
+# Text COPY: one string built with %-formatting (C speed, no per-row await) is about twice as
+# fast as psycopg's per-row binary `write_row`, and exact: str(Decimal) keeps every digit and
+# trailing zero ('43123.40'), and PostgreSQL's numeric input keeps the scale of exponent forms
+# too ('1E-8' -> 0.00000001, '0E-8' -> 0.00000000). Text COPY needs symbol and interval free of
+# tab, newline and backslash; `_check_text_safe` makes sure.
+_COPY_STAGE = f"COPY {_STAGE} FROM STDIN"
+_ROW_FORMAT = "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n"
 # Candle fields in staging-column order; attrgetter builds each row tuple in C.
 _ROW = attrgetter(
     "symbol", "interval", "open_time", "open", "high", "low", "close", "volume",
     "close_time", "quote_volume", "trades", "taker_buy_base", "taker_buy_quote",
 )  # fmt: skip
+_UNSAFE_TEXT = re.compile(r"[\t\n\r\\]")
+
+
+def _check_text_safe(keys: set[tuple[str, str]]) -> None:
+    for symbol, interval in keys:
+        if _UNSAFE_TEXT.search(symbol) or _UNSAFE_TEXT.search(interval):
+            raise ValueError(f"refusing to write candles for {symbol!r} {interval!r}")
+
 
 _VALUES = (
     "open", "high", "low", "close", "volume", "close_time",
@@ -362,6 +371,10 @@ class Storage:
         try:
             yield
         except psycopg.OperationalError as exc:
+            if exc.sqlstate == "53400":
+                # configuration_limit_exceeded, e.g. TimescaleDB's decompression limit: a batch
+                # too large for the settings, which no retry fixes.
+                raise
             raise DatabaseUnavailable(
                 f"database {self._where} unavailable while {doing}: {_first_line(exc)}"
             ) from exc
@@ -393,6 +406,8 @@ class Storage:
             raise ValueError(f"{len(candles)} candles in one write; the limit is {MAX_WRITE_ROWS}")
         # ON CONFLICT DO UPDATE refuses to touch one row twice in a statement: keep the last.
         unique = {(c.symbol, c.interval, c.open_time): c for c in candles}
+        _check_text_safe({k[:2] for k in unique})
+        data = "".join([_ROW_FORMAT % _ROW(c) for c in unique.values()]).encode()
         started = time.perf_counter()
         changed = 0
         with self._errors("writing candles"):
@@ -400,9 +415,7 @@ class Storage:
                 cur = conn.cursor()
                 if unique:
                     async with cur.copy(_COPY_STAGE) as copy:
-                        copy.set_types(_STAGE_TYPES)
-                        for row in map(_ROW, unique.values()):
-                            await copy.write_row(row)
+                        await copy.write(data)
                     await cur.execute(_MERGE, prepare=True)
                     changed = sum(n for n, _ in await cur.fetchall())
                 if advances:

@@ -2,25 +2,30 @@
 
 Most tests run against `FakeBinance`, a fake at the httpx transport seam that keeps Binance's
 per-window weight count on a virtual clock, so waits of seconds or minutes take no real time.
-Connection-level failures use a real loopback TCP server.
+Connection-level failures use a real loopback TCP server; the end of the file runs the client
+against the simulator (`qryptify_ingestor.sim`) over loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from qryptify_ingestor.binance.parse import parse_kline_rows
 from qryptify_ingestor.binance.protocol import kline_weight
 from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
+from qryptify_ingestor.domain import HOUR_MS
 from qryptify_ingestor.errors import (
     ConfigError,
     ExchangeRejected,
@@ -31,6 +36,8 @@ from qryptify_ingestor.errors import (
     WafBlocked,
 )
 from qryptify_ingestor.observe import Observer
+from qryptify_ingestor.sim import SimClock, Simulator
+from tests.sim_plugin import SIM_START_MS, MakeSim
 
 DATA = Path(__file__).parent / "data"
 T0 = 1_700_000_040_000  # a minute boundary
@@ -519,12 +526,34 @@ async def test_allow_insecure_overrides() -> None:
     await client.aclose()
 
 
+@contextlib.asynccontextmanager
 async def _serve(
     handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-) -> tuple[asyncio.Server, str]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+) -> AsyncIterator[str]:
+    """A real TCP server on 127.0.0.1; every connection is closed and awaited on exit."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(connection, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    return server, f"http://127.0.0.1:{port}"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
@@ -549,16 +578,14 @@ async def test_connection_reset_is_retried_over_loopback(observer: Recorder) -> 
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
         )
         await writer.drain()
-        writer.close()
 
-    server, url = await _serve(handler)
     sleeps: list[float] = []
 
     async def fast_sleep(s: float) -> None:
         sleeps.append(s)
 
     async with (
-        server,
+        _serve(handler) as url,
         BinanceRest(
             url, budget=WeightBudget(2400, MINUTE), observer=observer, sleep=fast_sleep
         ) as rest,
@@ -606,10 +633,116 @@ async def test_keep_alive_reuses_one_connection() -> None:
                 )
                 await writer.drain()
         except asyncio.IncompleteReadError:
-            writer.close()
+            pass  # the client closed the connection
 
-    server, url = await _serve(handler)
-    async with server, BinanceRest(url, budget=WeightBudget(2400, MINUTE)) as rest:
+    async with _serve(handler) as url, BinanceRest(url, budget=WeightBudget(2400, MINUTE)) as rest:
         for _ in range(5):
             assert await rest.get_server_time() == 1
     assert connections == 1
+
+
+# --- against the simulator over loopback --------------------------------------------------------
+
+
+def _sim_rest(sim: Simulator, **kwargs: Any) -> BinanceRest:
+    kwargs.setdefault("budget", WeightBudget(sim.limiter.limit, sim.limiter.window_ms))
+    kwargs.setdefault("backoff_base_s", 0.01)
+    kwargs.setdefault("backoff_max_s", 0.05)
+    return BinanceRest(sim.rest_url, **kwargs)
+
+
+async def test_sim_klines_equal_the_truth(sim: Simulator) -> None:
+    """Closed candles fetched from the simulator equal its ground truth, value for value."""
+    start = SIM_START_MS - SIM_START_MS % HOUR_MS - 2 * HOUR_MS
+    async with _sim_rest(sim) as rest:
+        info = await rest.get_exchange_info()
+        assert "BTCUSDT" in info.symbols
+        candles = await rest.get_klines("BTCUSDT", "1m", start_ms=start, limit=99)
+        server_ms = await rest.get_server_time()
+    truth = parse_kline_rows(
+        "BTCUSDT", "1m", orjson.dumps(sim.candles("BTCUSDT", "1m", start, start + 99 * MINUTE))
+    )
+    assert len(candles) == 99 and candles == truth
+    assert abs(server_ms - sim.clock.now_ms()) < 1000
+
+
+async def test_sim_budget_adopted_and_never_429(make_sim: MakeSim) -> None:
+    """With a 100-weight/1 s limit, 20 concurrent callers adopt it and never earn a 429."""
+    sim = await make_sim(weight_limit=100, weight_window_ms=1_000)
+    start = SIM_START_MS - SIM_START_MS % HOUR_MS - 2 * HOUR_MS
+    async with _sim_rest(sim, budget=WeightBudget(2400, MINUTE)) as rest:
+        await rest.get_exchange_info()
+        assert (rest.budget.limit, rest.budget.window_ms, rest.budget.cap) == (100, 1_000, 80)
+
+        async def caller() -> None:
+            for _ in range(3):
+                await rest.get_klines("BTCUSDT", "1m", start_ms=start, limit=100)
+
+        await asyncio.gather(*(caller() for _ in range(20)))
+    assert sim.stats.requests == 61
+    assert sim.stats.weight_used == 121
+    assert sim.stats.rate_limited_429 == 0 and sim.stats.banned_418 == 0
+
+
+async def test_sim_429_storm_pauses_then_recovers(make_sim: MakeSim) -> None:
+    """A 429 (Retry-After 1 s) pauses every caller; nothing is sent until then; no 418 earned."""
+    # A 1 s weight window keeps the simulator's Retry-After (the rest of its window) at 1 s.
+    sim = await make_sim(clock=SimClock(), weight_window_ms=1_000)
+    sim.faults.rate_limit_storm(count=1)
+    loop = asyncio.get_running_loop()
+    async with _sim_rest(sim) as rest:
+        started = loop.time()
+        first = asyncio.create_task(rest.get_server_time())
+        while sim.stats.rate_limited_429 == 0:  # noqa: ASYNC110 - polling the sim's counter
+            await asyncio.sleep(0.001)
+        requests_at_429 = sim.stats.requests
+        await asyncio.sleep(0.5)
+        others = [asyncio.create_task(rest.get_server_time()) for _ in range(5)]
+        await asyncio.sleep(0.2)
+        assert sim.stats.requests == requests_at_429  # nothing left during the pause
+        await asyncio.gather(first, *others)
+        assert loop.time() - started >= 0.9
+    assert sim.stats.rate_limited_429 == 1 and sim.stats.banned_418 == 0
+    assert sim.stats.requests == 7
+
+
+async def test_sim_418_ban_is_waited_out(make_sim: MakeSim) -> None:
+    """A forced 418 with a ban end in the message is waited out, then the call succeeds."""
+    sim = await make_sim(clock=SimClock())
+    sim.faults.ban(duration_ms=800)
+    loop = asyncio.get_running_loop()
+    async with _sim_rest(sim) as rest:
+        started = loop.time()
+        await rest.get_server_time()
+        assert loop.time() - started >= 0.7
+    assert sim.stats.banned_418 == 1 and sim.stats.requests == 2
+
+
+async def test_sim_5xx_and_resets_are_retried(sim: Simulator) -> None:
+    """Injected 503s and mid-body connection resets are retried until the call succeeds."""
+    sim.faults.rest_errors(2, status=503)
+    sim.faults.rest_reset(1)
+    recorder = Recorder()
+    async with _sim_rest(sim, observer=recorder) as rest:
+        await rest.get_server_time()
+        await rest.get_server_time()
+    assert sim.stats.errors_5xx == 2 and sim.stats.resets == 1
+    assert sorted(recorder.errors) == ["5xx", "5xx", "reset"]
+
+
+async def test_sim_malformed_row_is_raised_after_retries(sim: Simulator) -> None:
+    """A persistently corrupt row raises MalformedPayload after three fetches."""
+    start = SIM_START_MS - SIM_START_MS % HOUR_MS - HOUR_MS
+    sim.faults.malformed("BTCUSDT", "1m", start + 5 * MINUTE, "high_below_low")
+    async with _sim_rest(sim) as rest:
+        with pytest.raises(MalformedPayload, match="OHLC inconsistent"):
+            await rest.get_klines("BTCUSDT", "1m", start_ms=start, limit=10)
+    assert sim.stats.requests == 3
+
+
+async def test_sim_unknown_symbol_is_fatal(sim: Simulator) -> None:
+    """The simulator's -1121 for an unknown symbol raises ExchangeRejected naming it, once."""
+    async with _sim_rest(sim) as rest:
+        with pytest.raises(ExchangeRejected, match="NOSUCHUSDT"):
+            await rest.get_klines("NOSUCHUSDT", "1m", start_ms=None, limit=10)
+    assert sim.stats.requests == 1

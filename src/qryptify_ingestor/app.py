@@ -98,6 +98,7 @@ def build_streams(
         lifetime_s=live.lifetime_s,
         max_reconnects_per_5min=live.max_reconnects_per_5min,
         close_timeout_s=1.0,
+        clock=clock.seconds,
         observer=observer,
         allow_insecure=settings.binance.allow_insecure,
     )
@@ -140,7 +141,7 @@ async def run(settings: Settings, *, live: bool) -> int:
             await ingestor.retrying("reading the server time", lambda: clock.sync(rest))
             await ingestor.load_exchange_info(settings.symbols)
             if live:
-                streams = build_streams(settings, keys, observer)
+                streams = build_streams(settings, keys, observer, clock)
                 log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
                 with progress:
                     await ingestor.follow(streams, keys)

@@ -43,20 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", type=Path, default=None,
-                       help="YAML config (default ./config.yaml if present, else built-in defaults)")
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="YAML config (default ./config.yaml if present, else built-in defaults)",
+        )
         p.add_argument("--database-url", default=None, help="overrides database_url")
         p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         p.add_argument("--log-format", default=None, choices=["text", "json"])
 
     def selection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--symbol", action="append", default=None, help="limit to this symbol (repeatable)")
-        p.add_argument("--interval", action="append", default=None, help="limit to this interval (repeatable)")
+        p.add_argument(
+            "--symbol", action="append", default=None, help="limit to this symbol (repeatable)"
+        )
+        p.add_argument(
+            "--interval", action="append", default=None, help="limit to this interval (repeatable)"
+        )
 
     p = sub.add_parser("run", help="backfill, then follow closed candles live until stopped")
     common(p)
     p.add_argument("--no-live", action="store_true", help="stop after the backfill")
-    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus/health port (0 = off)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus/health port (0 = off)"
+    )
 
     p = sub.add_parser("backfill", help="fetch every closed candle up to now, then exit")
     common(p)
@@ -102,8 +112,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     if symbols or intervals:
         settings = load_settings(
             args.config,
-            overrides={**overrides, "symbols": symbols or list(settings.symbols),
-                       "intervals": intervals or list(settings.intervals)},
+            overrides={
+                **overrides,
+                "symbols": symbols or list(settings.symbols),
+                "intervals": intervals or list(settings.intervals),
+            },
         )
     return settings
 
@@ -127,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qryptify_ingestor.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format, console=err)
+    # One line per HTTP request is noise at INFO; our own logs say what matters.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     for name in unknown_env_names():
         log.warning("environment variable %s configures nothing (typo?)", name)
     command: Callable[[argparse.Namespace, Settings], Awaitable[int]] = COMMANDS[args.command]
@@ -178,6 +193,7 @@ def _first_leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
     return exc
+
 
 # ---------------------------------------------------------------------------- commands
 # Imported lazily so that `qryptify --help` and config errors stay fast.

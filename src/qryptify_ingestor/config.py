@@ -160,7 +160,9 @@ class Settings(BaseModel):
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError:
-                raise ValueError(f"unparsable date {value!r}: use YYYY-MM-DD or ISO datetime") from None
+                raise ValueError(
+                    f"unparsable date {value!r}: use YYYY-MM-DD or ISO datetime"
+                ) from None
         else:
             raise ValueError(f"unparsable date {value!r}: use YYYY-MM-DD or ISO datetime")
         if parsed.tzinfo is None:
@@ -214,7 +216,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping of keys, got {type(data).__name__}"
+        )
     return data
 
 
@@ -275,8 +279,16 @@ def load_settings(
         raise ConfigError(f"config error: {_describe(exc.errors()[0], source)}") from None
 
 
+# QRYPTIFY_* names read by our scripts and test tooling rather than by the settings.
+_TOOLING_ENV_PREFIXES = ("QRYPTIFY_LOCALDB_", "QRYPTIFY_PG_", "QRYPTIFY_TIMESCALEDB_")
+
+
 def unknown_env_names(environ: Mapping[str, str] | None = None) -> list[str]:
     """QRYPTIFY_* variables that configure nothing (reported as a warning, likely a typo)."""
     env = os.environ if environ is None else environ
     known = _env_paths()
-    return sorted(n for n in env if n.startswith("QRYPTIFY_") and n not in known)
+    return sorted(
+        n
+        for n in env
+        if n.startswith("QRYPTIFY_") and n not in known and not n.startswith(_TOOLING_ENV_PREFIXES)
+    )

@@ -65,7 +65,9 @@ def plan_windows(interval: Interval, first_open: int, last_open: int) -> list[Wi
     return windows
 
 
-def find_gaps(interval: Interval, prev_open: int | None, opens: Iterable[int]) -> list[tuple[int, int]]:
+def find_gaps(
+    interval: Interval, prev_open: int | None, opens: Iterable[int]
+) -> list[tuple[int, int]]:
     """Holes in ascending open times, as [first missing open, next present open) ranges.
 
     `prev_open` is the last candle known before `opens` (None: nothing before, so no hole can

@@ -70,8 +70,12 @@ class LogProgress(_Base):
         behind = sorted(self.total, key=lambda k: self.done.get(k, 0) - self.total[k])[:3]
         log.info(
             "backfill: %s/%s candles (%.1f%%), %.0f candles/s, ETA %s; furthest behind: %s",
-            f"{done:,}", f"{total:,}", 100 * done / total if total else 100.0, rate,
-            _eta(eta), ", ".join(f"{k} {self.done.get(k, 0):,}/{self.total[k]:,}" for k in behind),
+            f"{done:,}",
+            f"{total:,}",
+            100 * done / total if total else 100.0,
+            rate,
+            _eta(eta),
+            ", ".join(f"{k} {self.done.get(k, 0):,}/{self.total[k]:,}" for k in behind),
         )
 
 
@@ -115,7 +119,9 @@ class RichProgress(_Base):
         self.done[key] = self.done.get(key, 0) + count
         elapsed = max(time.monotonic() - self.started, 1e-6)
         if key in self._tasks:
-            self._progress.update(self._tasks[key], advance=count, rate=f"{self.done[key] / elapsed:,.0f}")
+            self._progress.update(
+                self._tasks[key], advance=count, rate=f"{self.done[key] / elapsed:,.0f}"
+            )
         self._progress.update(
             self._total_task, advance=count, rate=f"{sum(self.done.values()) / elapsed:,.0f}"
         )

@@ -51,6 +51,9 @@ USDM_CONTRACT_TYPES = frozenset(
 USDM_MARGIN_ASSETS = frozenset({"USDT", "USDC", "BTC", "ETH", "BNB", "FDUSD", "BFUSD"})
 
 
+CLOCK_RESYNC_S = 300.0
+
+
 class Clock(Protocol):
     """Exchange time in epoch ms."""
 
@@ -65,15 +68,28 @@ class ExchangeClock:
 
     def __init__(self) -> None:
         self.offset_ms = 0
+        self.synced_at = 0.0  # monotonic time of the last sync
 
     def __call__(self) -> int:
         return int(time.time() * 1000) + self.offset_ms
 
+    def seconds(self) -> float:
+        """Exchange time in seconds, for components that count in seconds."""
+        return self() / 1000
+
     async def sync(self, rest: BinanceRest) -> None:
+        """Measure the offset against `/fapi/v1/time` (weight 1), halving the round trip."""
         before = time.time() * 1000
         server = await rest.get_server_time()
         after = time.time() * 1000
         self.offset_ms = int(server - (before + after) / 2)
+        self.synced_at = time.monotonic()
+
+    def observe(self, event_time_ms: int) -> None:
+        """An event stamped `event_time_ms` by the exchange proves its clock is at least there."""
+        ahead = event_time_ms - int(time.time() * 1000)
+        if ahead > self.offset_ms:
+            self.offset_ms = ahead
 
 
 class Progress(Protocol):
@@ -512,8 +528,11 @@ class Ingestor:
             items = [await streams.get()]
             items.extend(streams.drain())
             closes: dict[tuple[StreamKey, int], Candle] = {}
+            observe = getattr(self.clock, "observe", None)
             for item in items:
                 if isinstance(item, KlineEvent):
+                    if observe is not None:
+                        observe(item.event_time)
                     if item.closed:
                         c = item.candle
                         closes[(StreamKey(c.symbol, c.interval), c.open_time)] = c
@@ -576,7 +595,18 @@ class Ingestor:
                     late.append(key)
             if late:
                 self.request_fill(late, "closed candle overdue on the stream")
+            await self._resync_clock()
             await self._sleep(1.0)
+
+    async def _resync_clock(self) -> None:
+        """Re-measure the exchange clock every few minutes (clocks drift; weight 1)."""
+        clock = self.clock
+        if isinstance(clock, ExchangeClock) and time.monotonic() - clock.synced_at > CLOCK_RESYNC_S:
+            try:
+                await clock.sync(self.rest)
+            except RetryableError as exc:
+                clock.synced_at = time.monotonic()
+                log.warning("could not re-sync the exchange clock: %s", exc)
 
 
 class LiveSource(Protocol):

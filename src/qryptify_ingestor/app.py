@@ -86,7 +86,7 @@ def build_rest(settings: Settings, observer: Observer) -> BinanceRest:
 
 
 def build_streams(
-    settings: Settings, keys: Sequence[StreamKey], observer: Observer
+    settings: Settings, keys: Sequence[StreamKey], observer: Observer, clock: ExchangeClock
 ) -> KlineStreams:
     live = settings.live
     return KlineStreams(

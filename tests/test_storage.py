@@ -367,6 +367,12 @@ async def test_wrong_password_is_a_config_error(pg_plain_cluster: PgCluster) -> 
     await ok.close()
 
 
+async def test_missing_database_is_a_config_error(pg_plain_cluster: PgCluster) -> None:
+    """A database that does not exist is a configuration error naming it, not a retry."""
+    with pytest.raises(ConfigError, match="no_such_db"):
+        await Storage.open(pg_plain_cluster.dsn("no_such_db"))
+
+
 async def test_pool_recovers_after_server_restart(
     pg_plain_cluster: PgCluster, plain_database_url: str
 ) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.pg_plugin import PG_BINDIR
 
 from qryptify_ingestor.storage.migrations import apply_migrations, load_migrations, sql_dir
+from tests.pg_plugin import PG_BINDIR
 
 REPO_SQL = Path(__file__).resolve().parents[1] / "sql"
 PACKAGE_SQL = Path(__file__).resolve().parents[1] / "src/qryptify_ingestor/storage/sql"

@@ -148,9 +148,12 @@ def test_429_without_retry_after_waits_for_next_minute() -> None:
 
 
 def test_418_banned_until_from_message() -> None:
-    """418 takes the ban end from 'IP banned until <ms>' in the message, over Retry-After."""
+    """418 takes the ban end from Retry-After (relative, immune to clock skew) when present,
+    else from 'IP banned until <ms>' in the message."""
     body = b'{"code":-1003,"msg":"Way too many requests; IP banned until 1700000999000. Use ws."}'
     err = classify(418, body, {"Retry-After": "5"}, NOW)
+    assert isinstance(err, IpBanned) and err.until_ms == NOW + 5_000
+    err = classify(418, body, {}, NOW)
     assert isinstance(err, IpBanned) and err.until_ms == 1_700_000_999_000
 
 

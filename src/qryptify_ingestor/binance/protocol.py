@@ -180,14 +180,15 @@ def classify(
             f"rate limited, no requests until {retry_at} ({detail})", retry_at_ms=retry_at
         )
     if status == 418:
-        # "Way too many requests; IP banned until <ms>" (-1003); else Retry-After; else the
-        # shortest documented ban.
+        # Retry-After (relative, so immune to clock skew between us and Binance) first; else
+        # "Way too many requests; IP banned until <ms>" (-1003, exchange time: taken relative
+        # to the server's own Date when present); else the shortest documented ban.
         m = _BANNED_UNTIL_RE.search(msg)
         after = _retry_after_ms(headers)
-        if m:
-            until = int(m.group(1))
-        elif after is not None:
+        if after is not None:
             until = now_ms + after
+        elif m:
+            until = int(m.group(1))
         else:
             until = now_ms + _DEFAULT_BAN_MS
         return IpBanned(f"IP banned by Binance until {until} ({detail})", until_ms=until)

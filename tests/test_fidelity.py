@@ -19,7 +19,6 @@ import orjson
 import pytest
 import websockets
 from binance.um_futures import UMFutures
-from tests.sim_plugin import SIM_START_MS, MakeSim
 
 from qryptify_ingestor.binance.parse import (
     KlineEvent,
@@ -29,6 +28,7 @@ from qryptify_ingestor.binance.parse import (
 )
 from qryptify_ingestor.domain import HOUR_MS, MINUTE_MS, Candle, Interval
 from qryptify_ingestor.sim import Simulator
+from tests.sim_plugin import SIM_START_MS, MakeSim
 
 _API_VERSIONS = {"fapiPublic": "v1", "fapiPublicV2": "v2", "fapiPublicV3": "v3"}
 

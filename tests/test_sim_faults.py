@@ -9,10 +9,10 @@ import time
 import httpx
 import orjson
 import pytest
-from tests.sim_plugin import SIM_START_MS, MakeSim
 
 from qryptify_ingestor.domain import MINUTE_MS, Interval
 from qryptify_ingestor.sim import Simulator
+from tests.sim_plugin import SIM_START_MS, MakeSim
 
 KLINES = "/fapi/v1/klines"
 PARAMS = {"symbol": "BTCUSDT", "interval": "1m", "limit": 3}

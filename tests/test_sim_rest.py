@@ -6,10 +6,10 @@ import asyncio
 
 import httpx
 import orjson
-from tests.sim_plugin import SIM_START_MS, MakeSim
 
 from qryptify_ingestor.domain import DAY_MS, HOUR_MS, MINUTE_MS, Interval
 from qryptify_ingestor.sim import Simulator
+from tests.sim_plugin import SIM_START_MS, MakeSim
 
 KLINES = "/fapi/v1/klines"
 

@@ -10,10 +10,10 @@ import aiohttp
 import orjson
 import pytest
 import websockets
-from tests.sim_plugin import SIM_START_MS, MakeSim
 
 from qryptify_ingestor.domain import MINUTE_MS, Interval
 from qryptify_ingestor.sim import Simulator, generated_symbols
+from tests.sim_plugin import SIM_START_MS, MakeSim
 
 Event = dict[str, Any]
 

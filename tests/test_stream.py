@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import pytest
-from tests.sim_plugin import SIM_START_MS, MakeSim
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.http11 import Request, Response
@@ -32,6 +31,7 @@ from qryptify_ingestor.binance.stream import (
 from qryptify_ingestor.domain import MINUTE_MS, StreamKey
 from qryptify_ingestor.errors import ConfigError, ExchangeRejected, RestrictedLocation
 from qryptify_ingestor.observe import Observer
+from tests.sim_plugin import SIM_START_MS, MakeSim
 
 BTC = StreamKey("BTCUSDT", "1m")
 ETH = StreamKey("ETHUSDT", "5m")

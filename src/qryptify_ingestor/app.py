@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import orjson
 from rich.console import Console
@@ -221,70 +222,74 @@ async def _metrics(
 
 
 async def status(settings: Settings, *, as_json: bool) -> int:
+    """`qryptify status`: coverage and resume points per stream, storage mode, schema version."""
     async with open_storage(settings) as storage:
         report = await storage.status_report()
-    now = datetime_to_ms(datetime.now(UTC))
-    rows = []
+    now = report.db_now_ms
+    streams: list[dict[str, object]] = []
+    table = Table(show_lines=False, pad_edge=False)
+    for col in ("symbol", "int.", "first", "last", "rows", "resume at", "lag", "gaps", "failed"):
+        numeric = col in ("rows", "lag", "gaps", "failed")
+        justify: Literal["left", "right"] = "right" if numeric else "left"
+        table.add_column(col, justify=justify, no_wrap=True)
     for row in report.rows:
         interval = Interval(row.key.interval)
-        lag = None if row.last_ms is None else max(0, now - interval.next_open(row.last_ms))
-        rows.append(
+        lag_s = (
+            None if row.last_ms is None else max(0, now - interval.next_open(row.last_ms)) / 1000
+        )
+        resume_at = None if row.resume_ms is None else interval.next_open(row.resume_ms)
+        streams.append(
             {
                 "symbol": row.key.symbol,
                 "interval": row.key.interval,
                 "first": _iso(row.first_ms),
                 "last": _iso(row.last_ms),
                 "rows": row.count,
-                "resume_point": _iso(row.resume_ms),
-                "lag_s": None if lag is None else lag / 1000,
+                "last_contiguous": _iso(row.resume_ms),
+                "resume_point": _iso(resume_at),
+                "lag_s": lag_s,
                 "exchange_gaps": row.gaps,
                 "failed_ranges": row.failed,
             }
         )
+        table.add_row(
+            row.key.symbol,
+            row.key.interval,
+            _short(_iso(row.first_ms)),
+            _short(_iso(row.last_ms)),
+            f"{row.count:,}",
+            _short(_iso(resume_at)),
+            _human_lag(lag_s),
+            str(row.gaps),
+            str(row.failed),
+        )
+    mode = "timescaledb" if report.timescaledb else "postgresql"
     if as_json:
-        doc = {
-            "storage": "timescaledb" if report.timescaledb else "postgresql",
-            "schema_version": report.schema_version,
-            "streams": rows,
-        }
+        doc = {"storage": mode, "schema_version": report.schema_version, "streams": streams}
         sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    console = Console()
-    mode = "TimescaleDB" if report.timescaledb else "PostgreSQL (TimescaleDB features off)"
-    console.print(f"storage: [bold]{mode}[/]   schema version: [bold]{report.schema_version}[/]")
-    table = Table(show_lines=False)
-    for col in (
-        "symbol",
-        "interval",
-        "first",
-        "last",
-        "rows",
-        "resume point",
-        "lag",
-        "gaps",
-        "failed",
-    ):
-        table.add_column(
-            col, justify="right" if col in ("rows", "lag", "gaps", "failed") else "left"
-        )
-    for r in rows:
-        table.add_row(
-            r["symbol"],
-            r["interval"],
-            r["first"] or "-",
-            r["last"] or "-",
-            f"{r['rows']:,}",
-            r["resume_point"] or "-",
-            _human_lag(r["lag_s"]),
-            str(r["exchange_gaps"]),
-            str(r["failed_ranges"]),
-        )
-    console.print(table)
+    console = _stdout_console()
+    shown = "TimescaleDB" if report.timescaledb else "PostgreSQL (TimescaleDB features off)"
+    console.print(f"storage: [bold]{shown}[/]   schema version: [bold]{report.schema_version}[/]")
+    if streams:
+        console.print(table)
+    else:
+        console.print("no candles stored yet: run `qryptify backfill` or `qryptify run`")
     return 0
 
 
+def _stdout_console() -> Console:
+    """A console for reports: the terminal's width, or wide enough when piped to a file."""
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def _iso(ms: int | None) -> str | None:
-    return None if ms is None else format_ms(ms) + "Z"
+    return None if ms is None else format_ms(ms).replace(" ", "T") + "Z"
+
+
+def _short(ms_text: str | None) -> str:
+    """'2026-11-20T00:00:00Z' -> '2026-11-20 00:00' for the terminal table."""
+    return "-" if ms_text is None else ms_text[:16].replace("T", " ")
 
 
 def _human_lag(seconds: float | None) -> str:
@@ -310,7 +315,7 @@ async def verify(settings: Settings, *, as_json: bool) -> int:
     if as_json:
         sys.stdout.write(report.to_json() + "\n")
     else:
-        report.render(Console())
+        report.render(_stdout_console())
     return 0 if report.ok else 1
 
 

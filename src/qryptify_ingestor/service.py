@@ -567,10 +567,22 @@ class Ingestor:
         now = self.clock()
         for adv in advances:
             self._last[adv.key] = adv.new_last_ms
+        worst = 0
         for key, group in by_key.items():
             self.observer.candles_written(key, "ws", len(group))
             for c in group:
-                self.observer.close_to_commit(max(0, now - (c.close_time + 1)) / 1000)
+                latency = max(0, now - (c.close_time + 1))
+                worst = max(worst, latency)
+                self.observer.close_to_commit(latency / 1000)
+        newest = max(c.open_time for c in candles)
+        log.info(
+            "live: %d closed candle(s) committed (%s%s), newest open %s, close-to-commit <= %d ms",
+            len(candles),
+            ", ".join(str(k) for k in list(by_key)[:3]),
+            f" +{len(by_key) - 3} more" if len(by_key) > 3 else "",
+            format_ms(newest),
+            worst,
+        )
         if holes:
             self.request_fill(holes, "missed closed candle on the stream")
 

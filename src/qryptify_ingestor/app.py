@@ -49,7 +49,12 @@ async def open_storage(
     settings: Settings, observer: Observer = NULL_OBSERVER
 ) -> AsyncIterator[Storage]:
     dsn = require_dsn(settings)
-    storage = await Storage.open(dsn, max_size=settings.db_pool_size, observer=observer)
+    storage = await Storage.open(
+        dsn,
+        max_size=settings.db_pool_size,
+        observer=observer,
+        notify_channel=settings.live.notify_channel,
+    )
     try:
         yield storage
     finally:

@@ -225,6 +225,10 @@ _VALUES = (
 )  # fmt: skip
 # Numeric equality (43123.4 = 43123.40): a re-send that differs only in trailing zeros is not
 # a change, the stored text stays as first written.
+# After each commit of changed candles, one NOTIFY per (symbol, interval) on this channel
+# (configurable: live.notify_channel) with {"symbol", "interval", "ts", "first_ts", "count"}.
+DEFAULT_NOTIFY_CHANNEL = "candles"
+
 _MERGE = f"""
 WITH merged AS (
     INSERT INTO candlesticks AS c (symbol, "interval", ts, {", ".join(_VALUES)})
@@ -240,7 +244,7 @@ WITH merged AS (
     SELECT symbol, "interval", count(*) AS n, min(ts) AS first_ts, max(ts) AS last_ts
     FROM merged GROUP BY symbol, "interval"
 )
-SELECT n, pg_notify('candles', json_build_object(
+SELECT n, pg_notify(%(channel)s, json_build_object(
            'symbol', symbol, 'interval', "interval", 'ts', {_ms("last_ts")},
            'first_ts', {_ms("first_ts")}, 'count', n)::text)
 FROM per_key
@@ -304,9 +308,14 @@ class Storage:
     """The database, as the service sees it. Create with `await Storage.open(dsn)`."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[AsyncConnection[Any]], dsn: str, observer: Observer
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        dsn: str,
+        observer: Observer,
+        notify_channel: str = DEFAULT_NOTIFY_CHANNEL,
     ) -> None:
         self._pool = pool
+        self._channel = notify_channel
         self._where = dsn_location(dsn)
         self._observer = observer
 
@@ -320,6 +329,7 @@ class Storage:
         timeout_s: float = 10.0,
         connect_timeout_s: int = 5,
         observer: Observer = NULL_OBSERVER,
+        notify_channel: str = DEFAULT_NOTIFY_CHANNEL,
     ) -> Self:
         """Connect (failing fast with `DatabaseUnavailable`/`ConfigError`) and open the pool.
 
@@ -353,7 +363,7 @@ class Storage:
             raise DatabaseUnavailable(
                 f"database {dsn_location(dsn)} unreachable: {_first_line(exc)}"
             ) from exc
-        return cls(pool, dsn, observer)
+        return cls(pool, dsn, observer, notify_channel)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -416,7 +426,7 @@ class Storage:
                 if unique:
                     async with cur.copy(_COPY_STAGE) as copy:
                         await copy.write(data)
-                    await cur.execute(_MERGE, prepare=True)
+                    await cur.execute(_MERGE, {"channel": self._channel}, prepare=True)
                     changed = sum(n for n, _ in await cur.fetchall())
                 if advances:
                     await cur.executemany(_ADVANCE, [_advance_params(a) for a in advances])

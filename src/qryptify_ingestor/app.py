@@ -27,6 +27,7 @@ from qryptify_ingestor.observe import NULL_OBSERVER, Observer
 from qryptify_ingestor.progress import make_progress
 from qryptify_ingestor.service import ExchangeClock, Ingestor, StreamResult, Tuning
 from qryptify_ingestor.storage.postgres import Storage, mask_dsn
+from qryptify_ingestor.storage.runlock import RunLock
 
 log = logging.getLogger("qryptify")
 
@@ -147,10 +148,17 @@ async def run(settings: Settings, *, live: bool) -> int:
             await ingestor.retrying("reading the server time", lambda: clock.sync(rest))
             await ingestor.load_exchange_info(settings.symbols)
             if live:
-                streams = build_streams(settings, keys, observer, clock)
-                log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
-                with progress:
-                    await ingestor.follow(streams, keys)
+                lock = RunLock(require_dsn(settings))
+                await lock.acquire()
+                try:
+                    streams = build_streams(settings, keys, observer, clock)
+                    log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
+                    with progress:
+                        async with asyncio.TaskGroup() as group:
+                            group.create_task(lock.hold(), name="run-lock")
+                            await ingestor.follow(streams, keys)
+                finally:
+                    await lock.release()
                 return 0
             with progress:
                 results = await ingestor.backfill(keys)

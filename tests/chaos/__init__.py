@@ -1,0 +1,1 @@
+"""The resilience suite: the real `qryptify` CLI as a subprocess, under injected faults."""

@@ -333,7 +333,74 @@ async def verify(settings: Settings, *, as_json: bool) -> int:
 
 
 async def repair(settings: Settings, *, from_: str | None, to: str | None) -> int:
-    raise ConfigError("repair: not implemented yet")
+    """`qryptify repair`: re-fetch holes and failed ranges, re-check old exchange gaps."""
+    from qryptify_ingestor.storage.verify import holes as find_holes
+
+    dsn = require_dsn(settings)
+    start_ms = _parse_when("--from", from_) if from_ else None
+    end_ms = _parse_when("--to", to) if to else None
+    keys = settings.stream_keys()
+    async with open_storage(settings) as storage:
+        await _migrate(storage, dsn)
+        stored = {row.key: row for row in (await storage.status_report()).rows}
+        rest = build_rest(settings, NULL_OBSERVER)
+        try:
+            clock = ExchangeClock()
+            ingestor = Ingestor(rest, storage, tuning=tuning(settings), clock=clock)
+            await ingestor.retrying("reading the server time", lambda: clock.sync(rest))
+            await ingestor.load_exchange_info(settings.symbols)
+            now = clock()
+
+            async def holes(key: StreamKey) -> list[tuple[int, int, bool]]:
+                row = stored.get(key)
+                if row is None or row.first_ms is None or row.last_ms is None:
+                    return []  # nothing stored: that is a backfill, not a repair
+                interval = Interval(key.interval)
+                lo = row.first_ms if start_ms is None else max(start_ms, row.first_ms)
+                hi = interval.next_open(row.last_ms) if end_ms is None else end_ms
+                ranges = await find_holes(dsn, key, lo, min(hi, interval.next_open(row.last_ms)))
+                return [
+                    (r.start, r.end, r.start > row.first_ms and r.end <= row.last_ms)
+                    for r in ranges
+                ]
+
+            age_ms = int(settings.repair.recheck_gaps_older_than_days * 86_400_000)
+            results = await ingestor.repair(
+                keys,
+                holes=holes,
+                start_ms=start_ms if start_ms is not None else 0,
+                end_ms=end_ms if end_ms is not None else now,
+                recheck_gaps_before_ms=now - age_ms,
+            )
+        finally:
+            await rest.aclose()
+    problems = 0
+    for key, r in results.items():
+        log.info(
+            "%s: %d hole(s) re-fetched, %d candle(s) written, %d exchange gap(s) recorded,"
+            " %d old gap(s) re-checked",
+            key,
+            r.holes,
+            r.written,
+            r.gaps_recorded,
+            r.gaps_rechecked,
+        )
+        for start, end, reason in r.failed:
+            problems += 1
+            log.error(
+                "%s: %s .. %s still failing: %s", key, format_ms(start), format_ms(end), reason
+            )
+    return 1 if problems else 0
+
+
+def _parse_when(flag: str, text: str) -> int:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{flag}: unparsable date {text!r}: use YYYY-MM-DD or ISO datetime"
+        ) from None
+    return datetime_to_ms(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
 
 
 async def migrate(settings: Settings) -> int:

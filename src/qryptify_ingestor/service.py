@@ -118,6 +118,19 @@ class StreamResult:
     last_ms: int | None = None
 
 
+@dataclass
+class RepairResult:
+    """What `repair` did for one (symbol, interval)."""
+
+    key: StreamKey
+    holes: int = 0
+    written: int = 0
+    requests: int = 0
+    gaps_recorded: int = 0
+    gaps_rechecked: int = 0
+    failed: list[tuple[int, int, str]] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Tuning:
     """Knobs the CLI takes from settings."""
@@ -481,6 +494,107 @@ class Ingestor:
                 log.warning("database unavailable: %s; retrying the write in %.1f s", exc, delay)
                 attempt += 1
                 await self._sleep(delay)
+
+    # ------------------------------------------------------------------ repair
+
+    async def repair(
+        self,
+        keys: Sequence[StreamKey],
+        *,
+        holes: Callable[[StreamKey], Awaitable[list[tuple[int, int, bool]]]],
+        start_ms: int,
+        end_ms: int,
+        recheck_gaps_before_ms: int,
+    ) -> dict[StreamKey, RepairResult]:
+        """Re-fetch holes, failed ranges and old exchange gaps; then advance resume points.
+
+        `holes(key)` lists the missing ranges (outside recorded exchange gaps) in the window, each
+        with whether it lies between stored candles. A hole between stored candles that REST
+        still answers with nothing becomes a recorded
+        exchange gap; a recorded gap that now has candles (Binance back-filled it) is replaced
+        by its candles and by whatever smaller gaps remain.
+        """
+        results = {key: RepairResult(key) for key in keys}
+        failed = await self.retrying("reading failed ranges", self.storage.failed_ranges)
+        gaps = await self.retrying("reading exchange gaps", self.storage.exchange_gaps)
+        for key in keys:
+            result = results[key]
+            for start, end, inner in await holes(key):
+                result.holes += 1
+                result.written += await self._refetch(key, start, end, result, inner=inner)
+            for f in failed:
+                if f.key == key and f.end_ms > start_ms and f.start_ms < end_ms:
+                    before = len(result.failed)
+                    result.written += await self._refetch(
+                        key, f.start_ms, f.end_ms, result, inner=False
+                    )
+                    if len(result.failed) == before:
+                        await self.storage.clear_failed_range(key, f.start_ms)
+            for g in gaps:
+                if g.key != key or g.checked_at_ms > recheck_gaps_before_ms:
+                    continue
+                if g.end_ms <= start_ms or g.start_ms >= end_ms:
+                    continue
+                result.gaps_rechecked += 1
+                found = await self._refetch(
+                    key, g.start_ms, g.end_ms, result, inner=True, gap=g.start_ms
+                )
+                result.written += found
+        # Resume points advance over what is now contiguous (and the tail is brought up to now).
+        await self.backfill(keys)
+        return results
+
+    async def _refetch(
+        self,
+        key: StreamKey,
+        start: int,
+        end: int,
+        result: RepairResult,
+        *,
+        inner: bool,
+        gap: int | None = None,
+    ) -> int:
+        """Fetch [start, end) page by page and upsert it (no resume-point move here).
+
+        `inner`: the range lies between stored candles, so "no rows at all" is an exchange gap.
+        `gap`: the start of a recorded gap being re-checked (replaced by what is still missing).
+        """
+        interval = Interval(key.interval)
+        last_open = interval.floor(end - 1)
+        windows = plan_windows(interval, start, last_open)
+        plan = _StreamPlan(key, interval, None, windows)
+        scratch = StreamResult(key)
+        opens: list[int] = []
+        written = 0
+        for index in range(len(windows)):
+            page = await self._fetch_page(plan, index, scratch)
+            if page.candles is None:
+                w = page.window
+                await self._write_with_retry(
+                    [], [], (), [(key, w.start, interval.next_open(w.last), page.reason)]
+                )
+                result.failed.append((w.start, interval.next_open(w.last), page.reason))
+                return written
+            if page.candles:
+                await self._write_with_retry(page.candles, [])
+                written += len(page.candles)
+                opens.extend(c.open_time for c in page.candles)
+        result.requests += scratch.requests
+        if not inner:
+            return written
+        # What is still missing inside the range is Binance's own hole.
+        missing: list[tuple[int, int]] = []
+        prev = interval.floor(start - 1)
+        for a, b in find_gaps(interval, prev, [*opens, interval.ceil(end)]):
+            missing.append((a, b))
+        if gap is not None:
+            await self.retrying(
+                "deleting a back-filled gap", lambda: self.storage.delete_exchange_gap(key, gap)
+            )
+        remaining = [(a, b) for a, b in missing if b > a]
+        await self._write_with_retry([], [], [(key, a, b) for a, b in remaining])
+        result.gaps_recorded += len([r for r in remaining if gap is None])
+        return written
 
     # ------------------------------------------------------------------ live
 

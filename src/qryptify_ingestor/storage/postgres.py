@@ -495,6 +495,17 @@ class Storage:
                     (key.symbol, key.interval, start_ms, end_ms),
                 )
 
+    async def delete_exchange_gap(self, key: StreamKey, start_ms: int) -> bool:
+        """Forget a recorded gap (Binance back-filled it); True when one was deleted."""
+        with self._errors("deleting an exchange gap"):
+            async with self._pool.connection() as conn:
+                cur = await conn.execute(
+                    f"""DELETE FROM exchange_gaps
+                        WHERE symbol = %s AND "interval" = %s AND gap_start = {_ts("%s")}""",  # noqa: S608
+                    (key.symbol, key.interval, start_ms),
+                )
+                return cur.rowcount > 0
+
     async def exchange_gaps(self, key: StreamKey | None = None) -> list[ExchangeGap]:
         query = f"""SELECT symbol, "interval", {_ms("gap_start")}, {_ms("gap_end")},
                            {_ms("checked_at")}

@@ -36,8 +36,14 @@ from qryptify_ingestor.errors import (
     RetryableError,
 )
 from qryptify_ingestor.observe import NULL_OBSERVER, Observer
-from qryptify_ingestor.planning import Window, find_gaps, last_closed_open, plan_windows
-from qryptify_ingestor.storage.postgres import Advance, Storage
+from qryptify_ingestor.planning import (
+    LONG_PAGE_LIMIT,
+    Window,
+    find_gaps,
+    last_closed_open,
+    plan_windows,
+)
+from qryptify_ingestor.storage.postgres import Advance, Storage, SyncState
 
 log = logging.getLogger(__name__)
 
@@ -257,25 +263,26 @@ class Ingestor:
             await self._run_pages(active, results)
         return results
 
-    async def _plan(self, key: StreamKey, state: object, result: StreamResult) -> _StreamPlan:
+    async def _plan(
+        self, key: StreamKey, state: SyncState | None, result: StreamResult
+    ) -> _StreamPlan:
         interval = Interval(key.interval)
         end = last_closed_open(interval, self.clock())
-        prev_last = getattr(state, "last_ms", None) if state is not None else None
+        prev_last = state.last_ms if state is not None else None
         if prev_last is not None:
-            first = interval.next_open(prev_last)
-            if first > end:
+            start = interval.next_open(prev_last)
+            if start > end:
                 return _StreamPlan(key, interval, prev_last, [])
-            if interval.count(first, interval.next_open(end)) > 1:
-                # Skip a long run of nothing (delisted symbol, long maintenance) with one
-                # weight-1 probe instead of fetching empty pages.
-                first = await self._first_open(key, first, result)
-                if first is None or first > end:
-                    return _StreamPlan(key, interval, prev_last, [])
+            first: int | None = start
+            if interval.count(start, interval.next_open(end)) > LONG_PAGE_LIMIT:
+                # More than a page behind: one weight-1 probe skips a long run of nothing
+                # (delisted symbol, long maintenance) instead of fetching empty pages.
+                first = await self._first_open(key, start, result)
         else:
             # onboardDate is only a hint: the first candle Binance really has is the truth.
             first = await self._first_open(key, interval.ceil(self.tuning.start_ms), result)
-            if first is None or first > end:
-                return _StreamPlan(key, interval, None, [])
+        if first is None or first > end:
+            return _StreamPlan(key, interval, prev_last, [])
         result.last_ms = prev_last
         return _StreamPlan(key, interval, prev_last, plan_windows(interval, first, end))
 
@@ -735,12 +742,21 @@ class Ingestor:
                 log.warning("could not re-sync the exchange clock: %s", exc)
 
 
+class StreamSignal(Protocol):
+    """`StreamsUp` / `Resync` from the stream: these keys need a REST fill, and why."""
+
+    @property
+    def keys(self) -> tuple[StreamKey, ...]: ...
+    @property
+    def reason(self) -> str: ...
+
+
 class LiveSource(Protocol):
     """What `follow` needs from the WebSocket side (`binance.stream.KlineStreams`)."""
 
     async def run(self) -> None: ...
-    async def get(self) -> object: ...
-    def drain(self) -> list[object]: ...
+    async def get(self) -> KlineEvent | StreamSignal: ...
+    def drain(self) -> Sequence[KlineEvent | StreamSignal]: ...
 
 
 def _window_size(interval: Interval, window: Window) -> int:

@@ -1,0 +1,93 @@
+"""PostgreSQL crashes (stop -m immediate) under the running CLI, during backfill and live: the
+process keeps running with bounded memory, retries, and catches up with no operator action."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from qryptify_ingestor.domain import DAY_MS, MINUTE_MS
+from tests.chaos.harness import (
+    Cli,
+    StartCli,
+    assert_exact,
+    caught_up,
+    cli_env,
+    keys_of,
+    near_now_ms,
+    row_count,
+    wait_until,
+)
+from tests.pg_plugin import PgCluster
+from tests.sim_plugin import MakeSim
+
+pytestmark = pytest.mark.chaos
+
+KEYS = keys_of(["BTCUSDT", "ETHUSDT"], ["1m", "3m"])
+
+# Issue 7 asks for ~20 s. The CLI's retry backoff is full jitter capped at 30 s and not
+# configurable, so after a 20 s outage the first successful retry can come up to ~16-30 s later;
+# with two outages in each of two storage modes that alone would take minutes of the suite's
+# 4-minute budget. 8 s is long enough for several failed retries, the pool losing every
+# connection and the fetchers filling their buffer, which is the behaviour under test.
+OUTAGE_S = 8.0
+RSS_GROWTH_LIMIT_KB = 48 * 1024
+
+
+async def _outage(cluster: PgCluster, cli: Cli) -> list[int]:
+    """Crash the server, keep it down for OUTAGE_S while sampling the CLI's RSS, restart it."""
+    await asyncio.to_thread(cluster.stop, "immediate")
+    samples: list[int] = []
+    try:
+        deadline = time.monotonic() + OUTAGE_S
+        while time.monotonic() < deadline:
+            assert cli.running, f"the CLI exited while the database was down:\n{cli.tail()}"
+            samples.append(cli.rss_kb())
+            await asyncio.sleep(0.25)
+    finally:
+        await asyncio.to_thread(cluster.start)
+    return samples
+
+
+async def test_database_outage_during_backfill_and_live(
+    make_sim: MakeSim, pg_cluster: PgCluster, database_url: str, start_cli: StartCli
+) -> None:
+    """PostgreSQL down for a while during backfill and again during live: `qryptify run` keeps
+    running with bounded RSS, retries and catches up by itself; the table ends exact."""
+    sim = await make_sim(start_ms=near_now_ms())
+    start = sim.clock.now_ms() - 2 * DAY_MS
+    env = cli_env(
+        sim,
+        database_url,
+        keys=KEYS,
+        start_ms=start,
+        QRYPTIFY_BINANCE_MAX_REQUESTS_IN_FLIGHT="1",
+        QRYPTIFY_BACKFILL_WRITE_BATCH_ROWS="500",
+    )
+    sim.faults.rest_latency(100, path="/fapi/v1/klines")
+    cli = await start_cli(["run"], env)
+    await wait_until(lambda: row_count(database_url) >= 500, 30, "a part of the backfill")
+    before = cli.rss_kb()
+    samples = await _outage(pg_cluster, cli)
+    assert max(samples) - before < RSS_GROWTH_LIMIT_KB, (before, samples)
+    await cli.wait_output(r"(?i)database unavailable", 5)
+    sim.faults.clear()
+    await wait_until(caught_up(sim, database_url, KEYS), 45, "the backfill to finish")
+
+    sim.clock.advance(MINUTE_MS)
+    await wait_until(caught_up(sim, database_url, KEYS), 15, "a live close")
+    before = cli.rss_kb()
+    outage = asyncio.create_task(_outage(pg_cluster, cli))
+    await asyncio.sleep(1.0)
+    sim.clock.advance(3 * MINUTE_MS)  # candles close while the database is away
+    samples = await outage
+    assert max(samples) - before < RSS_GROWTH_LIMIT_KB, (before, samples)
+    await wait_until(caught_up(sim, database_url, KEYS), 45, "live to catch up")
+    sim.clock.advance(MINUTE_MS)
+    await wait_until(caught_up(sim, database_url, KEYS), 15, "a live close after the outage")
+    cli.signal(signal.SIGTERM)
+    assert await cli.wait_exit(10) == 0, cli.tail()
+    assert_exact(sim, database_url, KEYS, start)

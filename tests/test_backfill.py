@@ -95,6 +95,7 @@ async def test_resume_after_interruption_refetches_nothing_stored(
     resumed_from = {k: sync_last(database_url, k) for k in wanted}
     assert all(v is not None for v in resumed_from.values())
     sim.faults.clear()
+    await asyncio.sleep(0.3)  # requests the stopped run left in flight finish server-side
     rows_before = sim.stats.klines_rows_served
     b = await make_ingestor(sim, database_url, start_ms=start)
     await b.ingestor.backfill(wanted)

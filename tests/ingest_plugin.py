@@ -17,6 +17,7 @@ import pytest
 
 from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
 from qryptify_ingestor.domain import Interval, StreamKey
+from qryptify_ingestor.observe import NULL_OBSERVER, Observer
 from qryptify_ingestor.service import Ingestor, Tuning
 from qryptify_ingestor.sim import Simulator
 from qryptify_ingestor.storage.postgres import Storage
@@ -51,18 +52,23 @@ async def make_ingestor() -> AsyncIterator[MakeIngestor]:
         *,
         share: float = 0.9,
         migrate: bool = True,
+        observer: Observer = NULL_OBSERVER,
         **tuning: Any,
     ) -> Assembled:
-        storage = await Storage.open(dsn)
+        storage = await Storage.open(dsn, observer=observer)
         if migrate:
             await storage.migrate()
         # Weight windows run on wall time, on Binance and in the simulator alike.
         budget = WeightBudget(sim.limiter.limit, sim.limiter.window_ms, share=share)
-        rest = BinanceRest(sim.rest_url, budget=budget, backoff_base_s=0.01, backoff_max_s=0.2)
+        rest = BinanceRest(
+            sim.rest_url, budget=budget, backoff_base_s=0.01, backoff_max_s=0.2, observer=observer
+        )
         tuning.setdefault("start_ms", sim.clock.now_ms() - 2 * 86_400_000)
         tuning.setdefault("retry_base_s", 0.01)
         tuning.setdefault("retry_max_s", 0.2)
-        ingestor = Ingestor(rest, storage, tuning=Tuning(**tuning), clock=sim.clock.now_ms)
+        ingestor = Ingestor(
+            rest, storage, tuning=Tuning(**tuning), clock=sim.clock.now_ms, observer=observer
+        )
         assembled = Assembled(ingestor, storage, rest, sim, dsn)
         made.append(assembled)
         return assembled

@@ -22,7 +22,7 @@ from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
 from qryptify_ingestor.binance.stream import KlineStreams
 from qryptify_ingestor.config import Settings
 from qryptify_ingestor.domain import Interval, StreamKey, datetime_to_ms, format_ms
-from qryptify_ingestor.errors import ConfigError
+from qryptify_ingestor.errors import ConfigError, DatabaseUnavailable
 from qryptify_ingestor.observe import NULL_OBSERVER, Observer
 from qryptify_ingestor.progress import make_progress
 from qryptify_ingestor.service import ExchangeClock, Ingestor, StreamResult, Tuning
@@ -34,6 +34,7 @@ log = logging.getLogger("qryptify")
 # Binance's documented default until exchangeInfo tells us (binance-futures.md §3).
 DEFAULT_WEIGHT_LIMIT = 2400
 DEFAULT_WEIGHT_WINDOW_MS = 60_000
+READY_DB_TIMEOUT_S = 1.0
 
 
 def require_dsn(settings: Settings) -> str:
@@ -209,11 +210,18 @@ async def _metrics(
     storage_ref: list[Storage] = []
 
     async def readiness() -> ReadyState:
-        database_ok = bool(storage_ref)
-        if storage_ref:
-            await storage_ref[0].schema_info()  # DatabaseUnavailable -> 503 with the reason
         margin_ms = int(settings.live.close_margin_s * 1000)
-        return ReadyState(database_ok, stream_readiness(observer.lags_ms(), keys, margin_ms))
+        streams = stream_readiness(observer.lags_ms(), keys, margin_ms)
+        if not storage_ref:
+            return ReadyState(False, streams, "not connected yet")
+        try:
+            # A probe must answer quickly even while the pool waits for a dead server.
+            await asyncio.wait_for(storage_ref[0].schema_info(), READY_DB_TIMEOUT_S)
+        except TimeoutError:
+            return ReadyState(False, streams, f"no answer within {READY_DB_TIMEOUT_S:g} s")
+        except DatabaseUnavailable as exc:
+            return ReadyState(False, streams, str(exc))
+        return ReadyState(True, streams)
 
     server = MetricsServer(
         observer, host=settings.metrics.host, port=settings.metrics.port, readiness=readiness

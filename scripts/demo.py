@@ -32,7 +32,7 @@ def free_port() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=75.0, help="stop after this long")
-    parser.add_argument("--days", type=float, default=3.0, help="history to backfill")
+    parser.add_argument("--days", type=float, default=14.0, help="history to backfill")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="qryptify-demo-"))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Literal
@@ -25,7 +26,13 @@ from qryptify_ingestor.domain import Interval, StreamKey, datetime_to_ms, format
 from qryptify_ingestor.errors import ConfigError, DatabaseUnavailable
 from qryptify_ingestor.observe import NULL_OBSERVER, Observer
 from qryptify_ingestor.progress import make_progress
-from qryptify_ingestor.service import ExchangeClock, Ingestor, StreamResult, Tuning
+from qryptify_ingestor.service import (
+    ExchangeClock,
+    Ingestor,
+    StreamResult,
+    Tuning,
+    summarize_backfill,
+)
 from qryptify_ingestor.storage.postgres import Storage, mask_dsn
 from qryptify_ingestor.storage.runlock import RunLock
 
@@ -161,8 +168,10 @@ async def run(settings: Settings, *, live: bool) -> int:
                 finally:
                     await lock.release()
                 return 0
+            started = time.monotonic()
             with progress:
                 results = await ingestor.backfill(keys)
+            summarize_backfill(results, time.monotonic() - started)
             return _report_backfill(results)
         finally:
             await rest.aclose()

@@ -614,7 +614,8 @@ class Ingestor:
         """
         async with asyncio.TaskGroup() as group:
             group.create_task(streams.run(), name="kline-streams")
-            await self.backfill(keys)
+            started = time.monotonic()
+            summarize_backfill(await self.backfill(keys), time.monotonic() - started)
             states = await self.retrying("reading sync_state", self.storage.sync_states)
             self._last = {k: states[k].last_ms for k in keys if k in states}
             self._fill_pending: set[StreamKey] = set()
@@ -757,6 +758,25 @@ class LiveSource(Protocol):
     async def run(self) -> None: ...
     async def get(self) -> KlineEvent | StreamSignal: ...
     def drain(self) -> Sequence[KlineEvent | StreamSignal]: ...
+
+
+def summarize_backfill(results: dict[StreamKey, StreamResult], seconds: float) -> None:
+    """One log line for a finished backfill pass."""
+    written = sum(r.written for r in results.values())
+    requests = sum(r.requests for r in results.values())
+    gaps = sum(len(r.gaps) for r in results.values())
+    failed = sum(len(r.failed) for r in results.values())
+    log.info(
+        "backfill done: %s candle(s) written for %d stream(s) in %.1f s (%s candles/s, %d requests)"
+        "%s%s",
+        f"{written:,}",
+        len(results),
+        seconds,
+        f"{written / seconds:,.0f}" if seconds > 0 else "-",
+        requests,
+        f", {gaps} exchange gap(s) recorded" if gaps else "",
+        f", {failed} range(s) failed" if failed else "",
+    )
 
 
 def _window_size(interval: Interval, window: Window) -> int:

@@ -122,7 +122,7 @@ class Cli:
         return "".join(self.stdout)
 
     def tail(self, n: int = 40) -> str:
-        lines = self.output.splitlines()
+        lines = [ln for ln in self.output.splitlines() if "websockets" not in ln]
         return "\n".join(lines[-n:])
 
     async def wait_output(self, pattern: str, timeout_s: float = 15.0) -> re.Match[str]:
@@ -185,9 +185,13 @@ StartCli = Callable[..., Awaitable[Cli]]
 
 
 async def wait_until(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float, what: str
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout_s: float,
+    what: str,
+    cli: Cli | None = None,
 ) -> None:
-    """Poll `predicate` (sync or async) every 100 ms until it holds; fail after `timeout_s`."""
+    """Poll `predicate` (sync or async) every 100 ms until it holds; fail after `timeout_s`
+    (with the tail of `cli`'s output, when given)."""
     deadline = time.monotonic() + timeout_s
     while True:
         result = predicate()
@@ -196,7 +200,8 @@ async def wait_until(
         if result:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            context = "" if cli is None else f":\n{cli.tail()}"
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{context}")
         await asyncio.sleep(0.1)
 
 

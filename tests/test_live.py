@@ -62,7 +62,7 @@ async def following(
     stream_kwargs.setdefault("backoff_base_s", 0.05)
     stream_kwargs.setdefault("backoff_max_s", 0.3)
     streams = KlineStreams(
-        sim.ws_url, keys, clock=lambda: sim.clock.now_ms() / 1000, **stream_kwargs
+        sim.ws_url, keys, exchange_clock=lambda: sim.clock.now_ms() / 1000, **stream_kwargs
     )
     task = asyncio.create_task(a.ingestor.follow(streams, keys))
     try:

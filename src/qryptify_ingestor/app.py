@@ -113,7 +113,7 @@ def build_streams(
         lifetime_s=live.lifetime_s,
         max_reconnects_per_5min=live.max_reconnects_per_5min,
         close_timeout_s=1.0,
-        clock=clock.seconds,
+        exchange_clock=clock.seconds,
         observer=observer,
         allow_insecure=settings.binance.allow_insecure,
     )

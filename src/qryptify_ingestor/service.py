@@ -648,6 +648,9 @@ class Ingestor:
     async def _consume(self, streams: LiveSource) -> None:
         while True:
             items = [await streams.get()]
+            # Finals of one close arrive as a burst: let the readers queue what they already
+            # received, so the burst lands in one commit instead of two.
+            await asyncio.sleep(0)
             items.extend(streams.drain())
             closes: dict[tuple[StreamKey, int], Candle] = {}
             observe = getattr(self.clock, "observe", None)

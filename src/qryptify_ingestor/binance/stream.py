@@ -294,6 +294,9 @@ def classify_connect_error(exc: Exception) -> Exception | None:
     return exc
 
 
+# Binance serialises `"x":false` without spaces in every kline update of an open candle.
+_OPEN_UPDATE = '"x":false'
+_OPEN_UPDATE_B = _OPEN_UPDATE.encode()
 _STREAM_RE = re.compile(rb'"stream"\s*:\s*"([^"]{1,80})"')
 _UNKNOWN_KEY = StreamKey("?", "?")
 
@@ -334,6 +337,7 @@ class _Conn:
     up_reason: str
     opened_at_s: float
     last_message_s: float
+    opened_exchange_ms: int = 0
     live: asyncio.Event = field(default_factory=asyncio.Event)
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # live or finished
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -385,6 +389,7 @@ class KlineStreams:
         open_timeout_s: float = 10.0,
         close_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        exchange_clock: Callable[[], float] | None = None,
         observer: Observer = NULL_OBSERVER,
         allow_insecure: bool = False,
     ) -> None:
@@ -421,6 +426,9 @@ class KlineStreams:
         self._open_timeout_s = open_timeout_s
         self._close_timeout_s = close_timeout_s
         self._clock = clock
+        # Overdue finals are judged on exchange time (candle close times are exchange time);
+        # silence and lifetime on `clock`, a plain duration clock.
+        self._exchange_clock = exchange_clock or clock
         self._observer = observer
         # The budget is about real connection attempts, so it runs on monotonic time.
         self._attempts = AttemptWindow(max_reconnects_per_5min)
@@ -583,6 +591,7 @@ class KlineStreams:
                 up_reason=reason,
                 opened_at_s=now,
                 last_message_s=now,
+                opened_exchange_ms=int(self._exchange_clock() * 1000),
             )
             self._conns.add(conn)
             self._observer.ws_connections(self.statistics().connections)
@@ -643,8 +652,8 @@ class KlineStreams:
             late = overdue_keys(
                 conn.keys,
                 conn.last_final_open_ms,
-                connected_at_ms=int(conn.opened_at_s * 1000),
-                now_ms=int(now * 1000),
+                connected_at_ms=conn.opened_exchange_ms,
+                now_ms=int(self._exchange_clock() * 1000),
                 margin_ms=self._margin_ms,
             )
             if late:
@@ -711,6 +720,12 @@ class KlineStreams:
             conn.live.set()
             conn.settled.set()
             await self._emit(StreamsUp(conn.keys, conn.up_reason), conn)
+        if self._closed_only and (
+            _OPEN_UPDATE_B in raw if isinstance(raw, bytes) else _OPEN_UPDATE in raw
+        ):
+            # An update of a still-open candle (~95% of the traffic) only proves liveness: skip
+            # building a Candle of eight Decimals that would be thrown away.
+            return
         try:
             item = parse_stream_message(raw)
         except MalformedPayload as exc:

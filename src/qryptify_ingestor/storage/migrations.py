@@ -1,10 +1,10 @@
 """Schema migrations: the numbered SQL files, applied once each, recorded, under a lock.
 
-The canonical files live in `sql/` at the repository root (docker-compose mounts that folder as
-the init dir of the official image, which runs every `*.sql` with psql on first start). A copy
-ships inside the package (`storage/sql/`) so an installed wheel finds them too; a test keeps the
-two folders identical. Every file is idempotent (it may already have run as an init script), so
-a file whose checksum changed is simply applied again and its record updated.
+The files live in the package (`storage/sql/`, so an installed wheel has them); `sql/` at the
+repository root is a symlink to that folder, which docker-compose mounts as the init dir of the
+official image (it runs every `*.sql` with psql on first start). Every file is idempotent (it
+may already have run as an init script), so a file whose checksum changed is simply applied
+again and its record updated.
 
 The whole run is one transaction holding `pg_advisory_xact_lock`: two processes starting at once
 serialize, and the second finds everything applied.

@@ -1,0 +1,1 @@
+src/qryptify_ingestor/storage/sql

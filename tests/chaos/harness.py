@@ -235,6 +235,30 @@ def caught_up(sim: Simulator, dsn: str, keys: Sequence[StreamKey]) -> Callable[[
     return check
 
 
+async def recover(
+    sim: Simulator, dsn: str, keys: Sequence[StreamKey], cli: Cli, closes: int = 1
+) -> None:
+    """Close `closes` candles, each time until the table is caught up (at most 3 tries).
+
+    The CLI's exchange clock is wall time plus the offset read at start, moved forward by the
+    event times of the finals it receives (binance-futures.md §2.3). When the test jumps the
+    simulator's clock while a connection is down, the CLI learns the new time only from the
+    next final, which also reveals the candles lost meanwhile; so recovery is proven by the
+    closes that follow the fault, as it would be in real time. (A jump also looks like silence
+    to the CLI, which judges silence on exchange time, and makes it replace the connection: a
+    final deferred on the old one is then lost, and again only the next final reveals it.)
+    """
+    for _ in range(closes):
+        for _ in range(2):
+            sim.clock.advance(MINUTE_MS)
+            with contextlib.suppress(AssertionError):
+                await wait_until(caught_up(sim, dsn, keys), 3, "recovery")
+                break
+        else:
+            sim.clock.advance(MINUTE_MS)
+            await wait_until(caught_up(sim, dsn, keys), 10, "recovery within 3 closes", cli)
+
+
 def tables(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(

@@ -4,7 +4,6 @@ duplicate and late finals, the server's forced lifetime disconnect. Nothing lost
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 import pytest
@@ -19,6 +18,7 @@ from tests.chaos.harness import (
     cli_env,
     keys_of,
     near_now_ms,
+    recover,
     wait_until,
 )
 from tests.sim_plugin import MakeSim
@@ -39,28 +39,6 @@ async def _run_live(sim: Simulator, dsn: str, start_cli: StartCli, start: int, *
     return cli
 
 
-async def _recover(sim: Simulator, dsn: str, cli: Cli, closes: int = 1) -> None:
-    """Close `closes` candles, each time until the table is caught up (at most 3 tries).
-
-    The CLI's exchange clock is wall time plus the offset read at start, moved forward by the
-    event times of the finals it receives (binance-futures.md §2.3). When the test jumps the
-    simulator's clock while a connection is down, the CLI learns the new time only from the
-    next final, which also reveals the candles lost meanwhile; so recovery is proven by the
-    closes that follow the fault, as it would be in real time. (A jump also looks like silence
-    to the CLI, which judges silence on exchange time, and makes it replace the connection: a
-    final deferred on the old one is then lost, and again only the next final reveals it.)
-    """
-    for _ in range(closes):
-        for _ in range(2):
-            sim.clock.advance(MINUTE_MS)
-            with contextlib.suppress(AssertionError):
-                await wait_until(caught_up(sim, dsn, KEYS), 3, "recovery")
-                break
-        else:
-            sim.clock.advance(MINUTE_MS)
-            await wait_until(caught_up(sim, dsn, KEYS), 10, "recovery within 3 closes", cli)
-
-
 async def _stop(cli: Cli) -> None:
     cli.signal(signal.SIGTERM)
     assert await cli.wait_exit(10) == 0, cli.tail()
@@ -77,11 +55,11 @@ async def test_connection_dropped_mid_candle(
     await asyncio.sleep(0.5)  # mid-candle: updates are flowing
     assert sim.faults.ws_drop(abrupt=True) >= 1
     sim.clock.advance(2 * MINUTE_MS)  # closes while (maybe) disconnected
-    await _recover(sim, plain_database_url, cli)
+    await recover(sim, plain_database_url, KEYS, cli)
     await asyncio.sleep(0.5)
     assert sim.faults.ws_drop(abrupt=False) >= 1
-    await _recover(sim, plain_database_url, cli)
-    await _recover(sim, plain_database_url, cli, closes=1)
+    await recover(sim, plain_database_url, KEYS, cli)
+    await recover(sim, plain_database_url, KEYS, cli, closes=1)
     assert sim.stats.ws_connections_total >= connections + 2
     await _stop(cli)
     assert_exact(sim, plain_database_url, KEYS, start)
@@ -102,8 +80,8 @@ async def test_silent_stall_is_detected_and_filled(
         lambda: sim.stats.ws_connections_total > connections, 10, "the silent connection replaced"
     )
     await asyncio.sleep(4.0)  # the stall ends
-    await _recover(sim, plain_database_url, cli)
-    await _recover(sim, plain_database_url, cli, closes=1)
+    await recover(sim, plain_database_url, KEYS, cli)
+    await recover(sim, plain_database_url, KEYS, cli, closes=1)
     await _stop(cli)
     assert_exact(sim, plain_database_url, KEYS, start)
 
@@ -117,12 +95,12 @@ async def test_duplicate_and_late_finals_are_stored_once(
     start = sim.clock.now_ms() - HOUR_MS
     cli = await _run_live(sim, plain_database_url, start_cli, start)
     sim.faults.ws_duplicate_finals(count=6)
-    await _recover(sim, plain_database_url, cli, closes=2)
+    await recover(sim, plain_database_url, KEYS, cli, closes=2)
     sim.faults.ws_late_finals(count=6)
     sim.clock.advance(MINUTE_MS)
     await asyncio.sleep(0.6)  # the late finals follow the next candle's first update
-    await _recover(sim, plain_database_url, cli)
-    await _recover(sim, plain_database_url, cli, closes=1)
+    await recover(sim, plain_database_url, KEYS, cli)
+    await recover(sim, plain_database_url, KEYS, cli, closes=1)
     await _stop(cli)
     assert_exact(sim, plain_database_url, KEYS, start)
 
@@ -135,9 +113,9 @@ async def test_forced_lifetime_disconnect(
     start = sim.clock.now_ms() - HOUR_MS
     cli = await _run_live(sim, plain_database_url, start_cli, start)
     await asyncio.sleep(2.5)  # past the lifetime: the server cuts every connection
-    await _recover(sim, plain_database_url, cli)
+    await recover(sim, plain_database_url, KEYS, cli)
     await asyncio.sleep(2.0)
-    await _recover(sim, plain_database_url, cli)
+    await recover(sim, plain_database_url, KEYS, cli)
     assert sim.stats.ws_forced_closes >= 2
     assert cli.running, cli.tail()
     await _stop(cli)

@@ -1,0 +1,56 @@
+"""Two `qryptify run` processes started on the same database by mistake: one ingests, the other
+waits as a standby and says so; when the first stops the standby takes over; the table stays
+exact with no duplicate."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from qryptify_ingestor.domain import HOUR_MS, MINUTE_MS
+from tests.chaos.harness import (
+    StartCli,
+    assert_exact,
+    caught_up,
+    cli_env,
+    keys_of,
+    near_now_ms,
+    recover,
+    wait_until,
+)
+from tests.sim_plugin import MakeSim
+
+pytestmark = pytest.mark.chaos
+
+KEYS = keys_of(["BTCUSDT", "ETHUSDT"], ["1m"])
+
+
+async def test_second_run_waits_as_standby_and_takes_over(
+    make_sim: MakeSim, plain_database_url: str, start_cli: StartCli
+) -> None:
+    """The second `run` logs that another run is ingesting into this database and waits; data
+    stays exact while both run and after it takes over from the first."""
+    sim = await make_sim(start_ms=near_now_ms())
+    start = sim.clock.now_ms() - 2 * HOUR_MS
+    env = cli_env(sim, plain_database_url, keys=KEYS, start_ms=start)
+    first = await start_cli(["run"], env)
+    await wait_until(caught_up(sim, plain_database_url, KEYS), 30, "the first run live", first)
+    second = await start_cli(["run"], env)
+    await second.wait_output(r"another qryptify run is already ingesting.*standby", 15)
+    rows_served = sim.stats.klines_rows_served
+    for _ in range(2):
+        sim.clock.advance(MINUTE_MS)
+        await wait_until(caught_up(sim, plain_database_url, KEYS), 15, "closes", first)
+    assert second.running, second.tail()
+    assert "live:" not in second.output, "the standby follows the streams too"
+    assert sim.stats.klines_rows_served - rows_served <= 2 * len(KEYS)
+
+    first.signal(signal.SIGTERM)
+    assert await first.wait_exit(10) == 0, first.tail()
+    await second.wait_output(r"takes over", 15)
+    sim.clock.advance(2 * MINUTE_MS)  # closes while the standby takes over
+    await recover(sim, plain_database_url, KEYS, second, closes=2)
+    second.signal(signal.SIGTERM)
+    assert await second.wait_exit(10) == 0, second.tail()
+    assert_exact(sim, plain_database_url, KEYS, start)

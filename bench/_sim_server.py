@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from qryptify_ingestor.sim.cli import build_simulator, configure_parser  # noqa: E402
+from qryptify_ingestor.sim.cli import build_simulator, configure_parser
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -29,7 +29,7 @@ async def serve(args: argparse.Namespace) -> None:
         print(f"bench sim listening rest={sim.rest_url} ws={sim.ws_url}", flush=True)
         await stop.wait()
         if args.dump:
-            with open(args.dump, "w") as f:
+            with open(args.dump, "w") as f:  # noqa: ASYNC230 -- at shutdown, nothing else runs
                 for (symbol, interval, open_ms), at in sim.final_sent_at.items():
                     f.write(json.dumps([symbol, interval, open_ms, at]) + "\n")
 

@@ -27,16 +27,15 @@ from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import httpx
+import psycopg
 
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-
-from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget  # noqa: E402
-from qryptify_ingestor.domain import StreamKey  # noqa: E402
-from qryptify_ingestor.observe import Observer  # noqa: E402
-from qryptify_ingestor.service import ExchangeClock, Ingestor, Tuning  # noqa: E402
-from qryptify_ingestor.storage.postgres import Storage  # noqa: E402
+import _common as C
+from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
+from qryptify_ingestor.domain import StreamKey
+from qryptify_ingestor.observe import Observer
+from qryptify_ingestor.service import ExchangeClock, Ingestor, Tuning
+from qryptify_ingestor.storage.postgres import Storage
 
 LIMIT, WINDOW_MS = 400, 10_000
 LATENCY_MS = 50
@@ -161,13 +160,20 @@ def run_naive(sim: C.SimProcess, dsn: str, symbols: list[str], start_ms: int, bo
                             NAIVE_SQL,
                             [
                                 (
-                                    symbol, "1m",
+                                    symbol,
+                                    "1m",
                                     datetime.fromtimestamp(row[0] / 1000, UTC),
-                                    Decimal(row[1]), Decimal(row[2]), Decimal(row[3]),
-                                    Decimal(row[4]), Decimal(row[5]),
+                                    Decimal(row[1]),
+                                    Decimal(row[2]),
+                                    Decimal(row[3]),
+                                    Decimal(row[4]),
+                                    Decimal(row[5]),
                                     datetime.fromtimestamp(row[6] / 1000, UTC),
-                                    Decimal(row[7]), row[8], Decimal(row[9]), Decimal(row[10]),
-                                )  # fmt: skip
+                                    Decimal(row[7]),
+                                    row[8],
+                                    Decimal(row[9]),
+                                    Decimal(row[10]),
+                                )
                                 for row in rows
                             ],
                         )
@@ -209,8 +215,16 @@ def main() -> None:
         f"share {args.share}, +{LATENCY_MS} ms per request",
         flush=True,
     )
-    sim_args = ["--generate", str(n_sym), "--generate-onboard", onboard,
-                "--weight-limit", str(LIMIT), "--weight-window-ms", str(WINDOW_MS)]  # fmt: skip
+    sim_args = [
+        "--generate",
+        str(n_sym),
+        "--generate-onboard",
+        onboard,
+        "--weight-limit",
+        str(LIMIT),
+        "--weight-window-ms",
+        str(WINDOW_MS),
+    ]
     with C.cluster("plain") as pg, C.SimProcess(sim_args) as sim:
         sim.admin("/_sim/faults", {"fault": "rest_latency", "ms": LATENCY_MS, "duration_s": 900})
         symbols = [f"GEN{i:04d}USDT" for i in range(1, n_sym + 1)]
@@ -221,19 +235,44 @@ def main() -> None:
         asyncio.run(_migrate(db2))
         naive = run_naive(sim, db2, symbols, start_ms, naive_box_s)
     rows = [
-        ["ours (Ingestor.backfill)", ours["candles"], ours["seconds"], ours["rate"],
-         ours["steady_rate"] or 0.0, ours["max_window_weight"], ours["requests"],
-         ours["429"], ours["418"]],
-        ["naive: seq limit=1500 + executemany upsert", naive["candles"], naive["seconds"],
-         naive["rate"], naive["rate"], "-", naive["requests"], naive["429"], naive["418"]],
-    ]  # fmt: skip
+        [
+            "ours (Ingestor.backfill)",
+            ours["candles"],
+            ours["seconds"],
+            ours["rate"],
+            ours["steady_rate"] or 0.0,
+            ours["max_window_weight"],
+            ours["requests"],
+            ours["429"],
+            ours["418"],
+        ],
+        [
+            "naive: seq limit=1500 + executemany upsert",
+            naive["candles"],
+            naive["seconds"],
+            naive["rate"],
+            naive["rate"],
+            "-",
+            naive["requests"],
+            naive["429"],
+            naive["418"],
+        ],
+    ]
     C.table(
         "backfill throughput",
-        ["path", "candles", "s", "candles/s (all)", "candles/s (whole windows)",
-         "max weight/window", "requests",
-         "429s", "418s"],
+        [
+            "path",
+            "candles",
+            "s",
+            "candles/s (all)",
+            "candles/s (whole windows)",
+            "max weight/window",
+            "requests",
+            "429s",
+            "418s",
+        ],
         rows,
-    )  # fmt: skip
+    )
     C.table(
         "ratios",
         ["measure", "value", "target"],
@@ -241,14 +280,26 @@ def main() -> None:
             ["ceiling, full limit (candles/s)", ceiling_full, ""],
             [f"ceiling at share {args.share} (candles/s)", ceiling_share, ""],
             ["whole windows measured", ours["windows"], ""],
-            ["ours (whole windows) / ceiling at configured share",
-             (ours["steady_rate"] or 0) / ceiling_share, ">= 0.90"],
-            ["ours (whole windows) / ceiling at full limit",
-             (ours["steady_rate"] or 0) / ceiling_full, ""],
-            ["ours (all, incl. probes + partial last window) / ceiling at share",
-             ours["rate"] / ceiling_share, ""],
-            [f"max weight in one window (cap {int(LIMIT * args.share)}, limit {LIMIT})",
-             ours["max_window_weight"], f"<= {int(LIMIT * args.share)}"],
+            [
+                "ours (whole windows) / ceiling at configured share",
+                (ours["steady_rate"] or 0) / ceiling_share,
+                ">= 0.90",
+            ],
+            [
+                "ours (whole windows) / ceiling at full limit",
+                (ours["steady_rate"] or 0) / ceiling_full,
+                "",
+            ],
+            [
+                "ours (all, incl. probes + partial last window) / ceiling at share",
+                ours["rate"] / ceiling_share,
+                "",
+            ],
+            [
+                f"max weight in one window (cap {int(LIMIT * args.share)}, limit {LIMIT})",
+                ours["max_window_weight"],
+                f"<= {int(LIMIT * args.share)}",
+            ],
             ["ours / naive", ours["rate"] / naive["rate"], ""],
             ["418s (ours)", ours["418"], "0"],
         ],

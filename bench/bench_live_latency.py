@@ -29,9 +29,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import itertools
 
-import psycopg  # noqa: E402
+import psycopg
+
+import _common as C
 
 N_STREAMS = 200
 
@@ -71,7 +73,7 @@ def wire_watch(ws_url: str, symbols: list[str], out: dict, stop: threading.Event
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def main() -> None:
@@ -79,21 +81,37 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--intervals", type=int, default=None)
     ap.add_argument("--period-s", type=float, default=2.0)
-    ap.add_argument("--decompose", action="store_true",
-                    help="also time finals at a bare WS client (one more subscriber: adds load)")
+    ap.add_argument(
+        "--decompose",
+        action="store_true",
+        help="also time finals at a bare WS client (one more subscriber: adds load)",
+    )
     args = ap.parse_args()
     C.header("bench_live_latency", args.quick)
     intervals = args.intervals or (6 if args.quick else 20)
     now = datetime.now(UTC).replace(second=30, microsecond=0)
     symbols = [f"GEN{i:04d}USDT" for i in range(1, N_STREAMS + 1)]
     dump = Path(tempfile.mkdtemp(prefix="qbench-")) / "finals.jsonl"
-    sim_args = ["--port", "0", "--generate", str(N_STREAMS),
-                "--generate-onboard", (now - timedelta(days=2)).isoformat(),
-                "--clock-start", now.isoformat(), "--weight-limit", "100000000",
-                "--dump", str(dump)]  # fmt: skip
+    sim_args = [
+        "--port",
+        "0",
+        "--generate",
+        str(N_STREAMS),
+        "--generate-onboard",
+        (now - timedelta(days=2)).isoformat(),
+        "--clock-start",
+        now.isoformat(),
+        "--weight-limit",
+        "100000000",
+        "--dump",
+        str(dump),
+    ]
     notes: list[tuple[str, int, float, int]] = []
     stop = threading.Event()
-    with C.cluster("plain") as pg, C.SimProcess(sim_args, script=str(C.REPO / "bench/_sim_server.py")) as sim:
+    with (
+        C.cluster("plain") as pg,
+        C.SimProcess(sim_args, script=str(C.REPO / "bench/_sim_server.py")) as sim,
+    ):
         dsn = C.fresh_db(pg)
         env = {
             **os.environ,
@@ -106,8 +124,14 @@ def main() -> None:
             "QRYPTIFY_METRICS_ENABLED": "false",
             "QRYPTIFY_LOG_LEVEL": "WARNING",
         }
-        ing = subprocess.Popen([C.QRYPTIFY, "run"], env=env, cwd="/tmp",
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        ing = subprocess.Popen(
+            [C.QRYPTIFY, "run"],
+            env=env,
+            cwd="/tmp",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             # Live once every stream's resume point reached the last closed candle.
             deadline = time.monotonic() + 120
@@ -152,9 +176,11 @@ def main() -> None:
         sim.stop()
         sent = {}
         for line in dump.read_text().splitlines():
-            s, iv, o, at = json.loads(line)
+            s, _iv, o, at = json.loads(line)
             sent[(s, o)] = at
-    wire_lat = [(at - sent[k]) * 1000 for k, at in wire.items() if k in sent and sent[k] >= t_first - 0.5]
+    wire_lat = [
+        (at - sent[k]) * 1000 for k, at in wire.items() if k in sent and sent[k] >= t_first - 0.5
+    ]
     ing_lat = [(at - wire[(s_, ts)]) * 1000 for s_, ts, at, _ in notes if (s_, ts) in wire]
     lat = []
     unmatched = multi = 0
@@ -170,7 +196,7 @@ def main() -> None:
     # Commits per close: NOTIFYs of one transaction arrive back to back; a gap > 3 ms starts
     # another transaction's group.
     arrivals = sorted(at for _, _, at, _ in notes if at >= t_first)
-    groups = 1 + sum(1 for a, b in zip(arrivals, arrivals[1:], strict=False) if b - a > 0.003)
+    groups = 1 + sum(1 for a, b in itertools.pairwise(arrivals) if b - a > 0.003)
     first_lat = []
     by_close: dict[int, list[float]] = {}
     for s, ts, at, _ in notes:
@@ -178,27 +204,64 @@ def main() -> None:
         if t is not None and t >= t_first - 0.5:
             by_close.setdefault(ts, []).append((at - t) * 1000)
     first_lat = [min(v) for v in by_close.values()]
-    rows = [[len(lat), expected, pct(lat, 0.5), pct(lat, 0.9), pct(lat, 0.99), max(lat),
-             statistics.mean(lat), min(lat), statistics.median(first_lat),
-             groups / max(1, len(by_close))]] if lat else [[0, expected, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]  # fmt: skip
+    rows = (
+        [
+            [
+                len(lat),
+                expected,
+                pct(lat, 0.5),
+                pct(lat, 0.9),
+                pct(lat, 0.99),
+                max(lat),
+                statistics.mean(lat),
+                min(lat),
+                statistics.median(first_lat),
+                groups / max(1, len(by_close)),
+            ]
+        ]
+        if lat
+        else [[0, expected, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
+    )
     C.table(
         f"close-to-commit latency, {N_STREAMS} streams x {intervals} closes (ms)",
-        ["candles measured", "closes sent", "p50", "p90", "p99 (target <= 50)", "max", "mean", "min",
-         "median of first-committed per close", "commits per close"],
+        [
+            "candles measured",
+            "closes sent",
+            "p50",
+            "p90",
+            "p99 (target <= 50)",
+            "max",
+            "mean",
+            "min",
+            "median of first-committed per close",
+            "commits per close",
+        ],
         rows,
     )
     if wire_lat and ing_lat:
         C.table(
             "decomposition (ms): simulator queue -> wire arrival (bare client) -> NOTIFY",
             ["segment", "p50", "p99", "max"],
-            [["sim stamp -> final arrives at a bare WS client (simulator + loopback)",
-              pct(wire_lat, 0.5), pct(wire_lat, 0.99), max(wire_lat)],
-             ["final at bare client -> NOTIFY (ingestor: read, parse, write, commit)",
-              pct(ing_lat, 0.5), pct(ing_lat, 0.99), max(ing_lat)]],  # fmt: skip
+            [
+                [
+                    "sim stamp -> final arrives at a bare WS client (simulator + loopback)",
+                    pct(wire_lat, 0.5),
+                    pct(wire_lat, 0.99),
+                    max(wire_lat),
+                ],
+                [
+                    "final at bare client -> NOTIFY (ingestor: read, parse, write, commit)",
+                    pct(ing_lat, 0.5),
+                    pct(ing_lat, 0.99),
+                    max(ing_lat),
+                ],
+            ],
         )
-    print(f"notifies not matched to a timed final: {unmatched}; notifies covering >1 candle: "
-          f"{multi}; ingestor CPU {cpu:.1f} s over {intervals * args.period_s:.0f} s; "
-          f"sim ws messages sent {stats['ws_messages_sent']:,}")  # fmt: skip
+    print(
+        f"notifies not matched to a timed final: {unmatched}; notifies covering >1 candle: "
+        f"{multi}; ingestor CPU {cpu:.1f} s over {intervals * args.period_s:.0f} s; "
+        f"sim ws messages sent {stats['ws_messages_sent']:,}"
+    )
 
 
 if __name__ == "__main__":

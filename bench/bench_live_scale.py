@@ -28,17 +28,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import contextlib
 
-from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget  # noqa: E402
-from qryptify_ingestor.binance.stream import KlineStreams  # noqa: E402
-from qryptify_ingestor.domain import StreamKey, datetime_to_ms  # noqa: E402
-from qryptify_ingestor.service import ExchangeClock, Ingestor, Tuning  # noqa: E402
-from qryptify_ingestor.storage.postgres import Storage  # noqa: E402
+import _common as C
+from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
+from qryptify_ingestor.binance.stream import KlineStreams
+from qryptify_ingestor.domain import StreamKey, datetime_to_ms
+from qryptify_ingestor.service import ExchangeClock, Ingestor, Tuning
+from qryptify_ingestor.storage.postgres import Storage
 
 
-async def run(sim: C.SimProcess, dsn: str, n: int, start, measure_s: float, close_every_s: float,
-              profile: bool) -> dict:  # fmt: skip
+async def run(
+    sim: C.SimProcess,
+    dsn: str,
+    n: int,
+    start,
+    measure_s: float,
+    close_every_s: float,
+    profile: bool,
+) -> dict:
     storage = await Storage.open(dsn)
     await storage.migrate()
     rest = BinanceRest(sim.rest_url, budget=WeightBudget(2400, 60_000, share=0.8))
@@ -50,9 +58,15 @@ async def run(sim: C.SimProcess, dsn: str, n: int, start, measure_s: float, clos
     keys = [StreamKey(s, "1m") for s in symbols]
     # silence_timeout_s=120: each clock advance moves exchange time 60 s at once (a simulator
     # artifact, see RESULTS.md); the 30 s default would then judge the other shards silent.
-    streams = KlineStreams(sim.ws_url, keys, close_timeout_s=1.0, clock=clock.seconds,
-                           silence_timeout_s=120, stream_close_margin_s=120,
-                           allow_insecure=True)  # fmt: skip
+    streams = KlineStreams(
+        sim.ws_url,
+        keys,
+        close_timeout_s=1.0,
+        clock=clock.seconds,
+        silence_timeout_s=120,
+        stream_close_margin_s=120,
+        allow_insecure=True,
+    )
     task = asyncio.create_task(ingestor.follow(streams, keys))
     # Wait for every stream to be live and the backfill done (resume points current).
     t_end = time.monotonic() + 180
@@ -73,9 +87,15 @@ async def run(sim: C.SimProcess, dsn: str, n: int, start, measure_s: float, clos
 
     def sample() -> dict:
         s = streams.statistics()
-        return {"t": time.perf_counter(), "cpu": time.process_time(), "messages": s.messages,
-                "queued": s.queued, "sent": sim.stats()["ws_messages_sent"],
-                "reconnects": s.reconnects, "stalls": s.stalls}  # fmt: skip
+        return {
+            "t": time.perf_counter(),
+            "cpu": time.process_time(),
+            "messages": s.messages,
+            "queued": s.queued,
+            "sent": sim.stats()["ws_messages_sent"],
+            "reconnects": s.reconnects,
+            "stalls": s.stalls,
+        }
 
     first = await asyncio.to_thread(sample)
     if prof:
@@ -92,10 +112,8 @@ async def run(sim: C.SimProcess, dsn: str, n: int, start, measure_s: float, clos
         prof.disable()
     last = samples[-1]
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError, BaseExceptionGroup):
         await task
-    except (asyncio.CancelledError, BaseExceptionGroup):
-        pass
     await streams.aclose()
     await rest.aclose()
     await storage.close()
@@ -130,23 +148,57 @@ def main() -> None:
     C.header("bench_live_scale", args.quick)
     measure_s = 15 if args.quick else 45
     now = datetime.now(UTC).replace(second=30, microsecond=0)
-    sim_args = ["--generate", str(args.streams), "--generate-onboard",
-                (now - timedelta(days=2)).isoformat(), "--clock-start", now.isoformat(),
-                "--weight-limit", "100000000"]  # fmt: skip
+    sim_args = [
+        "--generate",
+        str(args.streams),
+        "--generate-onboard",
+        (now - timedelta(days=2)).isoformat(),
+        "--clock-start",
+        now.isoformat(),
+        "--weight-limit",
+        "100000000",
+    ]
     with C.cluster("plain") as pg, C.SimProcess(sim_args) as sim:
         sim_cpu0 = C.cpu_seconds(sim.pid)
-        r = asyncio.run(run(sim, C.fresh_db(pg), args.streams, now - timedelta(minutes=5),
-                            measure_s, 5.0, args.profile))  # fmt: skip
+        r = asyncio.run(
+            run(
+                sim,
+                C.fresh_db(pg),
+                args.streams,
+                now - timedelta(minutes=5),
+                measure_s,
+                5.0,
+                args.profile,
+            )
+        )
         sim_cpu = C.cpu_seconds(sim.pid) - sim_cpu0
     C.table(
         f"{args.streams} streams, one ingestor process, {r['seconds']:.0f} s measured",
-        ["messages read", "msgs/s read", "msgs/s sent by sim", "ingestor CPU s",
-         "CPU s / 10k msgs", "CPU share of one core", "queued max / end",
-         "socket backlog start -> end (msgs)", "reconnects"],
-        [[r["messages"], r["msg_rate"], r["sent_rate"], r["cpu_s"], r["cpu_per_10k"],
-          r["cpu_s"] / r["seconds"], f"{r['queued_max']} / {r['queued_end']}",
-          f"{r['lag_start']:,} -> {r['lag_end']:,}", r["reconnects"]]],
-    )  # fmt: skip
+        [
+            "messages read",
+            "msgs/s read",
+            "msgs/s sent by sim",
+            "ingestor CPU s",
+            "CPU s / 10k msgs",
+            "CPU share of one core",
+            "queued max / end",
+            "socket backlog start -> end (msgs)",
+            "reconnects",
+        ],
+        [
+            [
+                r["messages"],
+                r["msg_rate"],
+                r["sent_rate"],
+                r["cpu_s"],
+                r["cpu_per_10k"],
+                r["cpu_s"] / r["seconds"],
+                f"{r['queued_max']} / {r['queued_end']}",
+                f"{r['lag_start']:,} -> {r['lag_end']:,}",
+                r["reconnects"],
+            ]
+        ],
+    )
     print(f"simulator CPU over the whole run (not counted): {sim_cpu:.1f} s")
     if "profile" in r:
         print(r["profile"])

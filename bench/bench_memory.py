@@ -24,9 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import psycopg
 
-import psycopg  # noqa: E402
+import _common as C
 
 
 def run_phase(pg, sim: C.SimProcess, symbols: list[str], days: float, box_s: float) -> dict:
@@ -44,9 +44,13 @@ def run_phase(pg, sim: C.SimProcess, symbols: list[str], days: float, box_s: flo
     }
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [C.QRYPTIFY, "backfill"], env=env, cwd="/tmp",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [C.QRYPTIFY, "backfill"],
+        env=env,
+        cwd="/tmp",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     samples: list[tuple[float, int]] = []
     hwm = 0
     timed_out = False
@@ -74,9 +78,13 @@ def run_phase(pg, sim: C.SimProcess, symbols: list[str], days: float, box_s: flo
     # RSS at 25/50/75/100 % of the run: flat means it stops growing after warm-up.
     quart = [rss[min(len(rss) - 1, int(len(rss) * q))] for q in (0.25, 0.5, 0.75, 0.999)]
     return {
-        "rows": rows, "seconds": elapsed, "peak_rss_mb": max(rss) / 1024,
-        "hwm_mb": hwm / 1024, "quartiles_mb": [q / 1024 for q in quart], "timed_out": timed_out,
-    }  # fmt: skip
+        "rows": rows,
+        "seconds": elapsed,
+        "peak_rss_mb": max(rss) / 1024,
+        "hwm_mb": hwm / 1024,
+        "quartiles_mb": [q / 1024 for q in quart],
+        "timed_out": timed_out,
+    }
 
 
 def main() -> None:
@@ -92,17 +100,22 @@ def main() -> None:
     box = args.box_s or (40 if args.quick else 300)
     symbols = [f"GEN{i:04d}USDT" for i in range(1, n + 1)]
     onboard = (datetime.now(UTC) - timedelta(days=max(months) * 30.5 + 2)).isoformat()
-    sim_args = ["--generate", str(n), "--generate-onboard", onboard,
-                "--weight-limit", "100000000"]  # fmt: skip
+    sim_args = ["--generate", str(n), "--generate-onboard", onboard, "--weight-limit", "100000000"]
     rows = []
     with C.cluster("plain") as pg, C.SimProcess(sim_args) as sim:
         for m in months:
             r = run_phase(pg, sim, symbols, m * 30.5, box)
             print(f"{m} months: {r}", flush=True)
             rows.append(
-                [f"{n} x {m:g} months" + (" (time-boxed)" if r["timed_out"] else ""),
-                 r["rows"], r["seconds"], r["rows"] / r["seconds"], r["peak_rss_mb"],
-                 r["hwm_mb"], " / ".join(f"{q:.0f}" for q in r["quartiles_mb"])]  # fmt: skip
+                [
+                    f"{n} x {m:g} months" + (" (time-boxed)" if r["timed_out"] else ""),
+                    r["rows"],
+                    r["seconds"],
+                    r["rows"] / r["seconds"],
+                    r["peak_rss_mb"],
+                    r["hwm_mb"],
+                    " / ".join(f"{q:.0f}" for q in r["quartiles_mb"]),
+                ]
             )
         sim_rss = C.proc_status(sim.pid).get("VmHWM", 0) / 1024
     C.table(
@@ -114,13 +127,18 @@ def main() -> None:
     C.table(
         "flatness",
         ["measure", "value", "target"],
-        [["VmHWM long / short", b / a, "~1.0 (flat)"], ["VmHWM long history (MB)", b, "<= 300"],
-         ["simulator process VmHWM (MB, not counted)", sim_rss, ""]],  # fmt: skip
+        [
+            ["VmHWM long / short", b / a, "~1.0 (flat)"],
+            ["VmHWM long history (MB)", b, "<= 300"],
+            ["simulator process VmHWM (MB, not counted)", sim_rss, ""],
+        ],
     )
     full = 50 * 525_600
     rate = rows[1][3]
-    print(f"extrapolated time for 50 symbols x 1 year ({full:,} rows) at {rate:,.0f} rows/s: "
-          f"{full / rate / 60:.0f} min")  # fmt: skip
+    print(
+        f"extrapolated time for 50 symbols x 1 year ({full:,} rows) at {rate:,.0f} rows/s: "
+        f"{full / rate / 60:.0f} min"
+    )
 
 
 if __name__ == "__main__":

@@ -29,15 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import orjson
+import psycopg
 
-import orjson  # noqa: E402
-import psycopg  # noqa: E402
-
-from qryptify_ingestor.binance.parse import parse_kline_rows  # noqa: E402
-from qryptify_ingestor.domain import Candle, StreamKey  # noqa: E402
-from qryptify_ingestor.sim import Market, generated_symbols  # noqa: E402
-from qryptify_ingestor.storage.postgres import Advance, Storage  # noqa: E402
+import _common as C
+from qryptify_ingestor.binance.parse import parse_kline_rows
+from qryptify_ingestor.domain import Candle, StreamKey
+from qryptify_ingestor.sim import Market, generated_symbols
+from qryptify_ingestor.storage.postgres import Advance, Storage
 
 PAGE, BATCH = 499, 5000
 ONBOARD = 1_704_067_200_000  # 2024-01-01
@@ -70,8 +69,12 @@ def make_batches(n_rows: int, n_streams: int) -> list[tuple[list[Candle], list[A
         for sym, cs in by.items():
             prev = last[sym]
             advances.append(
-                Advance(StreamKey(sym, "1m"), prev, cs[-1].open_time,
-                        cs[0].open_time if prev is None else None)  # fmt: skip
+                Advance(
+                    StreamKey(sym, "1m"),
+                    prev,
+                    cs[-1].open_time,
+                    cs[0].open_time if prev is None else None,
+                )
             )
             last[sym] = cs[-1].open_time
         batches.append((candles, advances))
@@ -146,7 +149,7 @@ async def run_mode(mode: str, batches, em_rows: int) -> dict[str, float]:
         # replay: every row conflicts, nothing changes
         t0 = time.perf_counter()
         again = 0
-        for candles, advances in batches:
+        for candles, _advances in batches:
             again += await storage.write_candles(candles, ())
         out["replay"] = n / (time.perf_counter() - t0)
         assert again == 0, again
@@ -163,10 +166,21 @@ async def run_mode(mode: str, batches, em_rows: int) -> dict[str, float]:
                     cur.executemany(
                         UPSERT,
                         [
-                            (c.symbol, c.interval, datetime.fromtimestamp(c.open_time / 1000, UTC),
-                             c.open, c.high, c.low, c.close, c.volume,
-                             datetime.fromtimestamp(c.close_time / 1000, UTC), c.quote_volume,
-                             c.trades, c.taker_buy_base, c.taker_buy_quote)  # fmt: skip
+                            (
+                                c.symbol,
+                                c.interval,
+                                datetime.fromtimestamp(c.open_time / 1000, UTC),
+                                c.open,
+                                c.high,
+                                c.low,
+                                c.close,
+                                c.volume,
+                                datetime.fromtimestamp(c.close_time / 1000, UTC),
+                                c.quote_volume,
+                                c.trades,
+                                c.taker_buy_base,
+                                c.taker_buy_quote,
+                            )
                             for c in candles
                         ],
                     )
@@ -195,17 +209,33 @@ def main() -> None:
     for mode in C.try_modes(["plain", "timescaledb"]):
         r = asyncio.run(run_mode(mode, batches, em_rows))
         rows.append(
-            [mode, r["raw"], r["ours"], r["ours"] / r["raw"], r["raw_e2e"],
-             r["ours"] / r["raw_e2e"], r["executemany"],
-             r["ours"] / r["executemany"], r["replay"]]  # fmt: skip
+            [
+                mode,
+                r["raw"],
+                r["ours"],
+                r["ours"] / r["raw"],
+                r["raw_e2e"],
+                r["ours"] / r["raw_e2e"],
+                r["executemany"],
+                r["ours"] / r["executemany"],
+                r["replay"],
+            ]
         )
     C.table(
         f"storage write path, {n:,} rows, batches of {BATCH} (rows/s)",
-        ["mode", "raw COPY (db only)", "ours (write_candles)", "ours / raw (target >= 0.6)",
-         "raw COPY incl. formatting", "ours / raw incl. formatting",
-         f"executemany upsert ({em_rows:,} rows)", "ours / executemany", "replay (no-op)"],
+        [
+            "mode",
+            "raw COPY (db only)",
+            "ours (write_candles)",
+            "ours / raw (target >= 0.6)",
+            "raw COPY incl. formatting",
+            "ours / raw incl. formatting",
+            f"executemany upsert ({em_rows:,} rows)",
+            "ours / executemany",
+            "replay (no-op)",
+        ],
         rows,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -18,24 +18,28 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import psycopg
 
-import psycopg  # noqa: E402
-
-from qryptify_ingestor.storage.postgres import Storage  # noqa: E402
-from qryptify_ingestor.storage.verify import verify  # noqa: E402
+import _common as C
+from qryptify_ingestor.storage.postgres import Storage
+from qryptify_ingestor.storage.verify import verify
 
 START = "2024-01-01 00:00:00+00"
 HOLES = [(100_000, 100_010), (250_000, 250_001), (400_000, 400_120)]  # [from, to) minute indexes
 
-GEN = """
+# The holes are integer constants of this script, the only text interpolated.
+GEN = (
+    """
 INSERT INTO candlesticks
 SELECT %(symbol)s, '1m', ts, p, p + 1, p - 1, p, 12.345, ts + interval '59.999 seconds',
        1234.5678, 42, 6.1, 617.3
 FROM (SELECT %(start)s::timestamptz + i * interval '1 minute' AS ts,
              round(100 + (i %% 1000) / 100.0, 2) AS p, i
       FROM generate_series(%(lo)s::bigint, %(hi)s::bigint - 1) AS i) s
-WHERE NOT (""" + " OR ".join(f"(i >= {a} AND i < {b})" for a, b in HOLES) + ")"
+WHERE NOT ("""  # noqa: S608
+    + " OR ".join(f"(i >= {a} AND i < {b})" for a, b in HOLES)
+    + ")"
+)
 
 
 async def migrate(dsn: str) -> bool:
@@ -64,7 +68,8 @@ def run_mode(mode: str, target: int, box_s: float, per_stream: int) -> dict:
                         break
                 db.execute(
                     """INSERT INTO sync_state (symbol, interval, first_ts, last_ts, listing_ts)
-                       VALUES (%s, '1m', %s::timestamptz, %s::timestamptz + (%s - 1) * interval '1 minute',
+                       VALUES (%s, '1m', %s::timestamptz,
+                               %s::timestamptz + (%s - 1) * interval '1 minute',
                                %s::timestamptz)""",
                     (sym, START, START, hi, START),
                 )
@@ -86,9 +91,18 @@ def run_mode(mode: str, target: int, box_s: float, per_stream: int) -> dict:
         for check in getattr(report, "checks", []):
             if getattr(check, "name", "") == "continuity":
                 holes = getattr(check, "summary", "") or getattr(check, "detail", "")
-    return {"mode": mode, "tsdb": tsdb, "rows": n1, "streams": done_streams, "gen_s": gen_s,
-            "count_cold": count1, "count_warm": count2, "verify": verify_s, "ok": report.ok,
-            "holes": str(holes)[:80]}  # fmt: skip
+    return {
+        "mode": mode,
+        "tsdb": tsdb,
+        "rows": n1,
+        "streams": done_streams,
+        "gen_s": gen_s,
+        "count_cold": count1,
+        "count_warm": count2,
+        "verify": verify_s,
+        "ok": report.ok,
+        "holes": str(holes)[:80],
+    }
 
 
 def main() -> None:
@@ -105,14 +119,34 @@ def main() -> None:
     for mode in C.try_modes(["plain", "timescaledb"]):
         r = run_mode(mode, target, box, per_stream)
         print(r, flush=True)
-        rows.append([mode, r["rows"], r["streams"], r["gen_s"], r["count_cold"], r["count_warm"],
-                     r["verify"], r["verify"] / r["count_warm"], str(r["ok"])])  # fmt: skip
+        rows.append(
+            [
+                mode,
+                r["rows"],
+                r["streams"],
+                r["gen_s"],
+                r["count_cold"],
+                r["count_warm"],
+                r["verify"],
+                r["verify"] / r["count_warm"],
+                str(r["ok"]),
+            ]
+        )
     C.table(
         "qryptify verify vs SELECT count(*) (seconds)",
-        ["mode", "rows", "streams", "generate s", "count(*) first", "count(*) warm",
-         "verify", "verify / count(*) warm", "verify ok (holes => False)"],
+        [
+            "mode",
+            "rows",
+            "streams",
+            "generate s",
+            "count(*) first",
+            "count(*) warm",
+            "verify",
+            "verify / count(*) warm",
+            "verify ok (holes => False)",
+        ],
         rows,
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

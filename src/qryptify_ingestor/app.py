@@ -19,8 +19,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from qryptify_ingestor.binance.protocol import check_rest_url
 from qryptify_ingestor.binance.rest import BinanceRest, WeightBudget
-from qryptify_ingestor.binance.stream import KlineStreams
+from qryptify_ingestor.binance.stream import KlineStreams, validate_ws_base
 from qryptify_ingestor.config import Settings
 from qryptify_ingestor.domain import Interval, StreamKey, datetime_to_ms, format_ms
 from qryptify_ingestor.errors import ConfigError, DatabaseUnavailable
@@ -129,8 +130,16 @@ def tuning(settings: Settings) -> Tuning:
     )
 
 
+def check_endpoints(settings: Settings, *, live: bool) -> None:
+    """Refuse insecure or malformed Binance URLs before anything is contacted (exit 2)."""
+    check_rest_url(settings.binance.rest_url, allow_insecure=settings.binance.allow_insecure)
+    if live:
+        validate_ws_base(settings.binance.ws_url, allow_insecure=settings.binance.allow_insecure)
+
+
 async def run(settings: Settings, *, live: bool) -> int:
     """`qryptify run` (live=True) and `qryptify backfill` (live=False)."""
+    check_endpoints(settings, live=live)
     keys = settings.stream_keys()
     async with (
         _metrics(settings, keys, live) as observer,
@@ -354,6 +363,7 @@ async def repair(settings: Settings, *, from_: str | None, to: str | None) -> in
     from qryptify_ingestor.storage.verify import holes as find_holes
 
     dsn = require_dsn(settings)
+    check_endpoints(settings, live=False)
     start_ms = _parse_when("--from", from_) if from_ else None
     end_ms = _parse_when("--to", to) if to else None
     keys = settings.stream_keys()

@@ -58,6 +58,7 @@ USDM_MARGIN_ASSETS = frozenset({"USDT", "USDC", "FDUSD", "BFUSD"})
 
 
 CLOCK_RESYNC_S = 300.0
+STOP_WRITE_WAIT_S = 3.0
 
 
 class Clock(Protocol):
@@ -471,8 +472,10 @@ class Ingestor:
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:
-            with contextlib.suppress(asyncio.CancelledError, IngestorError):
-                await asyncio.wait_for(write, timeout=3.0)
+            # Bounded: with the database down the write cannot finish; the stop must still be
+            # prompt (what was not committed is fetched again on the next start).
+            with contextlib.suppress(asyncio.CancelledError, IngestorError, TimeoutError):
+                await asyncio.wait_for(write, timeout=STOP_WRITE_WAIT_S)
             raise
 
     async def _write_until_done(

@@ -7,13 +7,16 @@ feeding values. Rules cite binance-futures.md (§n) and the Binance pages behind
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from qryptify_ingestor.binance.parse import parse_error_body
 from qryptify_ingestor.domain import Interval, validate_symbol
 from qryptify_ingestor.errors import (
+    ConfigError,
     ExchangeRejected,
     ExchangeUnavailable,
     IngestorError,
@@ -261,3 +264,38 @@ def combined_stream_url(ws_base: str, streams: Sequence[str]) -> str:
     if not streams:
         raise ValueError("no streams")
     return f"{ws_base.rstrip('/')}/stream?streams={'/'.join(streams)}"
+
+
+# --- endpoint policy ---------------------------------------------------------------------------
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost names and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_rest_url(base_url: str, *, allow_insecure: bool = False) -> str:
+    """The REST base without a trailing slash, or ConfigError.
+
+    TLS is always on for real endpoints: `http://` only to a loopback host (the simulator)
+    unless `allow_insecure`.
+    """
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return base_url.rstrip("/")
+    if parts.scheme == "http" and host:
+        if allow_insecure or is_loopback(host):
+            return base_url.rstrip("/")
+        raise ConfigError(
+            f"binance.rest_url: refusing plain http:// URL {base_url!r}: only loopback hosts may "
+            "skip TLS (set binance.allow_insecure to override)"
+        )
+    raise ConfigError(f"binance.rest_url: invalid URL {base_url!r}: expected https://host[:port]")

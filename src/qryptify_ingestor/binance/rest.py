@@ -12,7 +12,6 @@ Raw methods are named after endpoints (`get_klines`); they return domain values.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import random
 import time
@@ -31,6 +30,7 @@ from qryptify_ingestor.binance.parse import (
 )
 from qryptify_ingestor.binance.protocol import (
     backoff_delay,
+    check_rest_url,
     classify,
     kline_params,
     kline_weight,
@@ -39,7 +39,6 @@ from qryptify_ingestor.binance.protocol import (
 )
 from qryptify_ingestor.domain import Candle
 from qryptify_ingestor.errors import (
-    ConfigError,
     ExchangeUnavailable,
     FatalError,
     IpBanned,
@@ -257,30 +256,6 @@ class _Reply:
     received_ms: int
 
 
-def _check_base_url(base_url: str, allow_insecure: bool) -> str:
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    if parts.scheme == "https" and host:
-        return base_url.rstrip("/")
-    if parts.scheme == "http" and host:
-        if allow_insecure or _is_loopback(host):
-            return base_url.rstrip("/")
-        raise ConfigError(
-            f"refusing plain http:// REST URL {base_url!r}: only loopback hosts may skip TLS "
-            "(set allow_insecure to override)"
-        )
-    raise ConfigError(f"invalid REST URL {base_url!r}: expected https://host[:port]")
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class BinanceRest:
     """Binance USDⓈ-M market-data REST client: one request per call, retried inside.
 
@@ -309,7 +284,7 @@ class BinanceRest:
     ) -> None:
         if max_attempts < 1 or malformed_attempts < 1:
             raise ValueError("max_attempts and malformed_attempts must be >= 1")
-        self._base_url = _check_base_url(base_url, allow_insecure)
+        self._base_url = check_rest_url(base_url, allow_insecure=allow_insecure)
         self._host = urlsplit(self._base_url).netloc
         self._budget = budget
         self._max_attempts = max_attempts

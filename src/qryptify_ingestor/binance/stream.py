@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import math
 import re
@@ -45,7 +44,7 @@ from websockets.exceptions import (
 from websockets.protocol import State
 
 from qryptify_ingestor.binance.parse import ControlReply, KlineEvent, parse_stream_message
-from qryptify_ingestor.binance.protocol import backoff_delay, combined_stream_url
+from qryptify_ingestor.binance.protocol import backoff_delay, combined_stream_url, is_loopback
 from qryptify_ingestor.domain import Interval, StreamKey
 from qryptify_ingestor.errors import (
     ConfigError,
@@ -123,17 +122,6 @@ class StreamStatistics:
 
 # --- pure helpers -----------------------------------------------------------------------------
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
 
 def validate_ws_base(ws_base: str, *, allow_insecure: bool = False) -> str:
     """Return the route base without a trailing slash, or raise ConfigError.
@@ -142,12 +130,13 @@ def validate_ws_base(ws_base: str, *, allow_insecure: bool = False) -> str:
     """
     parts = urlsplit(ws_base)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ConfigError(f"ws_base={ws_base!r}: expected wss://host/market")
+        raise ConfigError(f"binance.ws_url: {ws_base!r}: expected wss://host/market")
     if parts.query or parts.fragment:
-        raise ConfigError(f"ws_base={ws_base!r}: must not carry a query or fragment")
-    if parts.scheme == "ws" and not allow_insecure and not _is_loopback(parts.hostname):
+        raise ConfigError(f"binance.ws_url: {ws_base!r} must not carry a query or fragment")
+    if parts.scheme == "ws" and not allow_insecure and not is_loopback(parts.hostname):
         raise ConfigError(
-            f"ws_base={ws_base!r}: unencrypted ws:// is allowed only to a loopback host"
+            f"binance.ws_url: refusing unencrypted ws:// URL {ws_base!r}: only loopback hosts may"
+            " skip TLS (set binance.allow_insecure to override)"
         )
     base = ws_base.rstrip("/")
     if not parts.path.rstrip("/").endswith("/market"):
@@ -573,7 +562,7 @@ class KlineStreams:
                     open_timeout=self._open_timeout_s,
                     close_timeout=self._close_timeout_s,
                     # The environment's proxy settings do not apply to the loopback simulator.
-                    proxy=None if _is_loopback(urlsplit(url).hostname or "") else True,
+                    proxy=None if is_loopback(urlsplit(url).hostname or "") else True,
                 )
             except Exception as exc:  # translated or re-raised by classify_connect_error
                 fatal = classify_connect_error(exc)

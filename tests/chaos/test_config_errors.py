@@ -138,12 +138,6 @@ async def test_plain_http_to_a_remote_host_is_refused(
     assert "connecting to Binance" not in output, output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the plain-http REST URL check lives in BinanceRest, built after the database "
-    "is connected and migrated; as a configuration error it should stop the CLI before it "
-    "connects anywhere (no tables created), like every other bad setting",
-)
 async def test_plain_http_to_a_remote_host_is_refused_before_touching_the_database(
     plain_database_url: str, start_cli: StartCli
 ) -> None:
@@ -167,13 +161,6 @@ async def test_plain_ws_to_a_remote_host_is_refused(
     assert sim.stats.ws_connections_total == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ws:// check lives in KlineStreams, built only after the database is "
-    "migrated, Binance REST is asked (time, exchangeInfo) and the run lock is taken (a standby "
-    "reports the bad URL only when it takes over, maybe hours later); it should be refused "
-    "at configuration time, before anything is contacted",
-)
 async def test_plain_ws_to_a_remote_host_is_refused_before_any_request(
     make_sim: MakeSim, plain_database_url: str, start_cli: StartCli
 ) -> None:

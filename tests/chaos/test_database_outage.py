@@ -139,13 +139,6 @@ async def test_sigterm_while_the_database_is_down_stops_within_5s_and_loses_noth
     assert_exact(sim, plain_database_url, KEYS, start)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on SIGTERM with the database down, Ingestor._write_with_retry waits 3 s for "
-    "the in-flight write with asyncio.wait_for, whose TimeoutError is not suppressed "
-    "(only CancelledError/IngestorError are): it escapes the TaskGroup, the CLI prints a "
-    "traceback and exits 1 instead of 0",
-)
 async def test_sigterm_while_the_database_is_down_exits_0_without_traceback(
     make_sim: MakeSim, pg_plain_cluster: PgCluster, plain_database_url: str, start_cli: StartCli
 ) -> None:

@@ -27,11 +27,12 @@ pytestmark = pytest.mark.chaos
 KEYS = keys_of(["BTCUSDT", "ETHUSDT"], ["1m"])
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 async def test_second_run_waits_as_standby_and_takes_over(
-    make_sim: MakeSim, plain_database_url: str, start_cli: StartCli
+    stop: signal.Signals, make_sim: MakeSim, plain_database_url: str, start_cli: StartCli
 ) -> None:
     """The second `run` logs that another run is ingesting into this database and waits; data
-    stays exact while both run and after it takes over from the first."""
+    stays exact while both run and after it takes over from the first (stopped or crashed)."""
     sim = await make_sim(start_ms=near_now_ms())
     start = sim.clock.now_ms() - 2 * HOUR_MS
     env = cli_env(sim, plain_database_url, keys=KEYS, start_ms=start)
@@ -47,8 +48,9 @@ async def test_second_run_waits_as_standby_and_takes_over(
     assert "live:" not in second.output, "the standby follows the streams too"
     assert sim.stats.klines_rows_served - rows_served <= 2 * len(KEYS)
 
-    first.signal(signal.SIGTERM)
-    assert await first.wait_exit(10) == 0, first.tail()
+    first.signal(stop)
+    code = await first.wait_exit(10)
+    assert code == (0 if stop == signal.SIGTERM else -signal.SIGKILL), first.tail()
     await second.wait_output(r"takes over", 15)
     sim.clock.advance(2 * MINUTE_MS)  # closes while the standby takes over
     await recover(sim, plain_database_url, KEYS, second, closes=2)

@@ -46,7 +46,8 @@ async def test_second_run_waits_as_standby_and_takes_over(
         await wait_until(caught_up(sim, plain_database_url, KEYS), 15, "closes", first)
     assert second.running, second.tail()
     assert "live:" not in second.output, "the standby follows the streams too"
-    assert sim.stats.klines_rows_served - rows_served <= 2 * len(KEYS)
+    # The first run's fills only (a few rows); a standby backfilling would fetch hundreds.
+    assert sim.stats.klines_rows_served - rows_served < 60
 
     first.signal(stop)
     code = await first.wait_exit(10)

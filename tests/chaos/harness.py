@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from qryptify_ingestor.domain import HOUR_MS, MINUTE_MS, StreamKey, format_ms
+from qryptify_ingestor.domain import HOUR_MS, MINUTE_MS, Interval, StreamKey, format_ms
 from qryptify_ingestor.sim import Simulator
 from tests.ingest_plugin import last_closed, stored_rows, sync_last, truth_diff
 
@@ -268,17 +268,30 @@ def tables(dsn: str) -> set[str]:
 
 
 def assert_exact(
-    sim: Simulator, dsn: str, keys: Sequence[StreamKey], start_ms: int, end_ms: int | None = None
+    sim: Simulator,
+    dsn: str,
+    keys: Sequence[StreamKey],
+    start_ms: int,
+    *,
+    closed_before_ms: int | None = None,
 ) -> None:
-    """The table equals the simulator's closed candles in [start, end): missing = extra =
-    mismatched = 0, no duplicate, and no candle stored before it closed."""
+    """The table equals the simulator's closed candles from `start_ms`: missing = extra =
+    mismatched = 0, no duplicate, and no candle stored before it closed.
+
+    `closed_before_ms` (for a backfill, which stops at the time it started): candles that
+    closed later are not expected, but those stored must still be exact.
+    """
     now = sim.clock.now_ms()
-    end = now + HOUR_MS if end_ms is None else end_ms
-    diff = truth_diff(sim, dsn, keys, start_ms, end)
-    assert diff.clean, (
-        f"missing={len(diff.missing)} extra={len(diff.extra)} "
-        f"mismatched={len(diff.mismatched)} duplicates={diff.duplicates}: {diff}"
-    )
+    for key in keys:
+        end = now + HOUR_MS
+        if closed_before_ms is not None:
+            end = Interval(key.interval).floor(closed_before_ms)
+        diff = truth_diff(sim, dsn, [key], start_ms, end)
+        later = truth_diff(sim, dsn, [key], end, now + HOUR_MS)
+        assert diff.clean and not (later.extra or later.mismatched), (
+            f"{key}: missing={len(diff.missing)} extra={len(diff.extra)} "
+            f"mismatched={len(diff.mismatched)} duplicates={diff.duplicates}: {diff} {later}"
+        )
     for key in keys:
         rows = stored_rows(dsn, key)
         assert rows, f"{key}: nothing stored"

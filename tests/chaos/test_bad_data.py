@@ -31,18 +31,23 @@ async def test_malformed_rows_are_never_stored_and_are_reported(
     bad = start - start % MINUTE_MS + 6 * HOUR_MS + 7 * MINUTE_MS
     sim.faults.malformed("BTCUSDT", "1m", bad, kind="high_below_low")  # for good
     env = cli_env(sim, plain_database_url, keys=KEYS, start_ms=start)
+    backfill_from = sim.clock.now_ms()
     cli = await start_cli(["backfill"], env)
     assert await cli.wait_exit(60) == 1, cli.tail()
     assert "malformed" in cli.output and "BTCUSDT" in cli.output, cli.tail()
     assert "Traceback" not in cli.output, cli.tail()
 
     assert bad not in [r[0] for r in stored_rows(plain_database_url, BTC)]
-    diff = truth_diff(sim, plain_database_url, [BTC], start, sim.clock.now_ms())
+    diff = truth_diff(
+        sim, plain_database_url, [BTC], start, backfill_from - backfill_from % MINUTE_MS
+    )
     assert not (diff.extra or diff.mismatched or diff.duplicates), diff
     # Only the page around the bad row is missing, in one piece.
     assert bad in diff.missing and len(diff.missing) <= 499, diff.missing
     assert diff.missing == list(range(diff.missing[0], diff.missing[-1] + 1, MINUTE_MS))
-    assert_exact(sim, plain_database_url, [ETH], start)  # the other stream is unaffected
+    assert_exact(
+        sim, plain_database_url, [ETH], start, closed_before_ms=backfill_from
+    )  # the other stream is unaffected
     with psycopg.connect(plain_database_url) as conn:
         failed = conn.execute(
             "SELECT symbol, interval, (extract(epoch FROM range_start) * 1000)::bigint,"
@@ -59,9 +64,10 @@ async def test_malformed_rows_are_never_stored_and_are_reported(
 
     sim.faults.clear()
     sim.faults.malformed("BTCUSDT", "1m", bad, count=0)  # Binance serves the row right again
+    backfill_from = sim.clock.now_ms()
     again = await start_cli(["backfill"], env)
     assert await again.wait_exit(60) == 0, again.tail()
-    assert_exact(sim, plain_database_url, KEYS, start)
+    assert_exact(sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from)
 
 
 async def test_exchange_gap_is_recorded_once_and_reported(
@@ -75,9 +81,12 @@ async def test_exchange_gap_is_recorded_once_and_reported(
     gap_end = gap_start + 2 * HOUR_MS
     sim.faults.exchange_gap(gap_start, gap_end)  # every symbol: a platform maintenance
     env = cli_env(sim, plain_database_url, keys=KEYS, start_ms=start)
+    backfill_from = sim.clock.now_ms()
     cli = await start_cli(["backfill"], env)
     assert await cli.wait_exit(60) == 0, cli.tail()
-    assert_exact(sim, plain_database_url, KEYS, start)  # the truth has no rows in the gap
+    assert_exact(
+        sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from
+    )  # the truth has no rows in the gap
     with psycopg.connect(plain_database_url) as conn:
         gaps = conn.execute(
             "SELECT symbol, interval, (extract(epoch FROM gap_start) * 1000)::bigint,"
@@ -87,6 +96,7 @@ async def test_exchange_gap_is_recorded_once_and_reported(
     assert all(g[2] == gap_start for g in gaps), (gaps, gap_start)
 
     requests = sim.stats.requests
+    backfill_from = sim.clock.now_ms()
     again = await start_cli(["backfill"], env)
     assert await again.wait_exit(30) == 0, again.tail()
     # time + exchangeInfo + at most a probe and a page per stream: the gap is not re-fetched.

@@ -45,6 +45,7 @@ async def test_sigkill_during_backfill_then_resume(
     start = sim.clock.now_ms() - 2 * DAY_MS
     env = cli_env(sim, database_url, keys=KEYS, start_ms=start, **SLOW_BACKFILL)
     sim.faults.rest_latency(100, path="/fapi/v1/klines")
+    backfill_from = sim.clock.now_ms()
     first = await start_cli(["backfill"], env)
     await wait_until(lambda: row_count(database_url) >= 1500, 30, "a part of the backfill")
     await first.kill()
@@ -60,6 +61,7 @@ async def test_sigkill_during_backfill_then_resume(
     # be counted before taking the baseline.
     await asyncio.sleep(0.5)
     served = sim.stats.klines_rows_served
+    backfill_from = sim.clock.now_ms()
     second = await start_cli(["backfill"], env)
     assert await second.wait_exit(60) == 0, second.tail()
     refetched = sim.stats.klines_rows_served - served
@@ -73,7 +75,7 @@ async def test_sigkill_during_backfill_then_resume(
         {str(k): len(stored_rows(database_url, k)) for k in KEYS},
         second.tail(8),
     )
-    assert_exact(sim, database_url, KEYS, start)
+    assert_exact(sim, database_url, KEYS, start, closed_before_ms=backfill_from)
 
 
 async def test_sigkill_during_live_then_restart_fills_downtime(
@@ -120,9 +122,10 @@ async def test_sigterm_during_backfill_exits_0_quickly_and_loses_nothing(
         len(sim.candles(k.symbol, k.interval, start, sim.clock.now_ms())) for k in KEYS
     ), "the backfill was already complete: the signal did not land during it"
     sim.faults.clear()
+    backfill_from = sim.clock.now_ms()
     second = await start_cli(["backfill"], env)
     assert await second.wait_exit(60) == 0, second.tail()
-    assert_exact(sim, database_url, KEYS, start)
+    assert_exact(sim, database_url, KEYS, start, closed_before_ms=backfill_from)
 
 
 async def test_sigterm_during_live_exits_0_quickly_and_loses_nothing(
@@ -142,6 +145,7 @@ async def test_sigterm_during_live_exits_0_quickly_and_loses_nothing(
     assert time.monotonic() - sent < 5
     assert "Traceback" not in first.output, first.tail()
     sim.clock.advance(4 * MINUTE_MS)
+    backfill_from = sim.clock.now_ms()
     second = await start_cli(["backfill"], env)
     assert await second.wait_exit(30) == 0, second.tail()
-    assert_exact(sim, database_url, KEYS, start)
+    assert_exact(sim, database_url, KEYS, start, closed_before_ms=backfill_from)

@@ -136,6 +136,7 @@ async def test_sigterm_while_the_database_is_down_exits_0_within_5s_and_loses_no
     assert elapsed < 5, (elapsed, code, cli.tail())
     assert "Traceback" not in cli.output, cli.tail()
     assert code == 0, cli.tail()
+    backfill_from = sim.clock.now_ms()
     again = await start_cli(["backfill"], env)
     assert await again.wait_exit(60) == 0, again.tail()
-    assert_exact(sim, plain_database_url, KEYS, start)
+    assert_exact(sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from)

@@ -36,11 +36,12 @@ async def test_429_storm_is_waited_out_without_earning_a_ban(
     env = cli_env(sim, plain_database_url, keys=KEYS, start_ms=start)
     # Five 429s: the most a window tolerates; one more 429 in that window is a 418.
     sim.faults.rate_limit_storm(count=5, path=KLINES)
+    backfill_from = sim.clock.now_ms()
     cli = await start_cli(["backfill"], env)
     assert await cli.wait_exit(60) == 0, cli.tail()
     assert sim.stats.rate_limited_429 >= 5
     assert sim.stats.banned_418 == 0, cli.tail()
-    assert_exact(sim, plain_database_url, KEYS, start)
+    assert_exact(sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from)
 
 
 async def test_418_ban_time_is_honoured(
@@ -58,6 +59,7 @@ async def test_418_ban_time_is_honoured(
         QRYPTIFY_BINANCE_MAX_REQUESTS_IN_FLIGHT="1",
     )
     sim.faults.rest_latency(100, path=KLINES)
+    backfill_from = sim.clock.now_ms()
     cli = await start_cli(["backfill"], env)
     await wait_until(lambda: row_count(plain_database_url) > 0, 30, "the backfill to start")
     ban_ms = 3_000
@@ -69,7 +71,7 @@ async def test_418_ban_time_is_honoured(
     assert sim.stats.requests == requests, "requests were sent during the ban"
     assert await cli.wait_exit(60) == 0, cli.tail()
     assert sim.stats.banned_418 == 1
-    assert_exact(sim, plain_database_url, KEYS, start)
+    assert_exact(sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from)
 
 
 async def test_5xx_bursts_and_resets_mid_body_are_retried(
@@ -83,11 +85,12 @@ async def test_5xx_bursts_and_resets_mid_body_are_retried(
     for variant in ("500", "502", "503", "503-unavailable", "504"):
         sim.faults.rest_errors(2, variant=variant, path=KLINES)
     sim.faults.rest_reset(4, path=KLINES)
+    backfill_from = sim.clock.now_ms()
     cli = await start_cli(["backfill"], env)
     assert await cli.wait_exit(60) == 0, cli.tail()
     assert sim.stats.errors_5xx == 10
     assert sim.stats.resets == 4
-    assert_exact(sim, plain_database_url, KEYS, start)
+    assert_exact(sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from)
 
 
 async def test_latency_spikes_are_waited_out(
@@ -100,8 +103,9 @@ async def test_latency_spikes_are_waited_out(
     env = cli_env(sim, plain_database_url, keys=KEYS, start_ms=start)
     sim.faults.rest_latency(5_000, count=3, path=KLINES)
     began = time.monotonic()
+    backfill_from = sim.clock.now_ms()
     cli = await start_cli(["backfill"], env)
     assert await cli.wait_exit(60) == 0, cli.tail()
     # The three slow requests overlap (requests run concurrently): about 5 s, not 15 s.
     assert 5 <= time.monotonic() - began < 12
-    assert_exact(sim, plain_database_url, KEYS, start)
+    assert_exact(sim, plain_database_url, KEYS, start, closed_before_ms=backfill_from)

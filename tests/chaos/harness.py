@@ -19,7 +19,13 @@ from typing import Any
 
 import psycopg
 
-from qryptify_ingestor.domain import HOUR_MS, MINUTE_MS, Interval, StreamKey, format_ms
+from qryptify_ingestor.domain import (
+    HOUR_MS,
+    MINUTE_MS,
+    Interval,
+    StreamKey,
+    ms_to_datetime,
+)
 from qryptify_ingestor.sim import Simulator
 from tests.ingest_plugin import last_closed, stored_rows, sync_last, truth_diff
 
@@ -43,7 +49,8 @@ def keys_of(symbols: Sequence[str], intervals: Sequence[str]) -> list[StreamKey]
 
 
 def iso(ms: int) -> str:
-    return format_ms(ms).replace(" ", "T") + "Z"
+    """Exact to the millisecond, so start_date is the test's start (not a second earlier)."""
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds")
 
 
 def cli_env(

@@ -41,6 +41,18 @@ def execute(dsn: str, query: str, *args: object) -> None:
         conn.execute(query, args)
 
 
+def delete_range(dsn: str, symbol: str, start_ms: int, end_ms: int) -> None:
+    """Delete the symbol's candles opening in [start_ms, end_ms): a hole made by hand."""
+    execute(
+        dsn,
+        "DELETE FROM candlesticks WHERE symbol = %s AND ts >= to_timestamp(%s / 1000.0)"
+        " AND ts < to_timestamp(%s / 1000.0)",
+        symbol,
+        start_ms,
+        end_ms,
+    )
+
+
 async def test_repair_restores_exactly_what_was_deleted(
     sim: Simulator, database_url: str, make_ingestor: MakeIngestor
 ) -> None:
@@ -49,18 +61,8 @@ async def test_repair_restores_exactly_what_was_deleted(
     a = await make_ingestor(sim, database_url, start_ms=start)
     await a.ingestor.backfill([BTC, ETH])
     one = Interval("1m").ceil(start) + 30 * MINUTE_MS
-    execute(
-        database_url,
-        "DELETE FROM candlesticks WHERE symbol='BTCUSDT' AND ts = to_timestamp(%s / 1000.0)",
-        one,
-    )
-    execute(
-        database_url,
-        "DELETE FROM candlesticks WHERE symbol='ETHUSDT' AND ts >= to_timestamp(%s / 1000.0)"
-        " AND ts < to_timestamp(%s / 1000.0)",
-        start + 2 * HOUR_MS,
-        start + 3 * HOUR_MS,
-    )
+    delete_range(database_url, "BTCUSDT", one, one + MINUTE_MS)
+    delete_range(database_url, "ETHUSDT", start + 2 * HOUR_MS, start + 3 * HOUR_MS)
     before = await verify(database_url, keys=[BTC, ETH], now_ms=sim.clock.now_ms(), check_lag=False)
     assert not before.ok
     results = await run_repair(a, [BTC, ETH])
@@ -99,13 +101,7 @@ async def test_repair_rechecks_old_exchange_gaps(
     await a.ingestor.backfill([BTC])
     gap_start = Interval("1m").ceil(start) + HOUR_MS
     gap_end = gap_start + 20 * MINUTE_MS
-    execute(
-        database_url,
-        "DELETE FROM candlesticks WHERE symbol='BTCUSDT' AND ts >= to_timestamp(%s / 1000.0)"
-        " AND ts < to_timestamp(%s / 1000.0)",
-        gap_start,
-        gap_end,
-    )
+    delete_range(database_url, "BTCUSDT", gap_start, gap_end)
     await a.storage.record_exchange_gap(BTC, gap_start, gap_end)
     # A young gap is left alone ...
     young = await run_repair(a, [BTC], recheck_before_ms=0)
@@ -127,13 +123,7 @@ async def test_hole_binance_still_lacks_becomes_an_exchange_gap(
     await a.ingestor.backfill([BTC])
     gap_start = Interval("1m").ceil(start) + HOUR_MS
     gap_end = gap_start + 15 * MINUTE_MS
-    execute(
-        database_url,
-        "DELETE FROM candlesticks WHERE symbol='BTCUSDT' AND ts >= to_timestamp(%s / 1000.0)"
-        " AND ts < to_timestamp(%s / 1000.0)",
-        gap_start,
-        gap_end,
-    )
+    delete_range(database_url, "BTCUSDT", gap_start, gap_end)
     sim.faults.exchange_gap(gap_start, gap_end, symbol="BTCUSDT")
     results = await run_repair(a, [BTC])
     assert results[BTC].gaps_recorded == 1 and results[BTC].written == 0

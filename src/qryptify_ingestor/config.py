@@ -12,7 +12,7 @@ short names), and `QRYPTIFY_<KEY>` / `QRYPTIFY_<SECTION>_<KEY>` for every other 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qryptify_ingestor.domain import INTERVALS, StreamKey, datetime_to_ms, validate_symbol
+from qryptify_ingestor.domain import Interval, StreamKey, datetime_to_ms, validate_symbol
 from qryptify_ingestor.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config.yaml")
@@ -120,33 +120,12 @@ class Settings(BaseModel):
     @field_validator("symbols", mode="before")
     @classmethod
     def _symbols(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [s for s in value.replace(" ", ",").split(",") if s]
-        if not value:
-            raise ValueError("the symbol list is empty")
-        out: list[str] = []
-        for raw in value:
-            if not isinstance(raw, str):
-                raise ValueError(f"{raw!r} is not a symbol")
-            symbol = validate_symbol(raw.strip().upper())
-            if symbol not in out:
-                out.append(symbol)
-        return tuple(out)
+        return _unique_list(value, "symbol", lambda raw: validate_symbol(raw.upper()))
 
     @field_validator("intervals", mode="before")
     @classmethod
     def _intervals(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [s for s in value.replace(" ", ",").split(",") if s]
-        if not value:
-            raise ValueError("the interval list is empty")
-        out: list[str] = []
-        for raw in value:
-            if not isinstance(raw, str) or raw.strip() not in INTERVALS:
-                raise ValueError(f"invalid interval {raw!r}: expected one of {' '.join(INTERVALS)}")
-            if raw.strip() not in out:
-                out.append(raw.strip())
-        return tuple(out)
+        return _unique_list(value, "interval", lambda raw: str(Interval(raw)))
 
     @field_validator("start_date", mode="before")
     @classmethod
@@ -179,6 +158,23 @@ class Settings(BaseModel):
     def stream_keys(self) -> list[StreamKey]:
         """Every configured (symbol, interval), symbols outer."""
         return [StreamKey(s, i) for s in self.symbols for i in self.intervals]
+
+
+def _unique_list(value: Any, what: str, check: Callable[[str], str]) -> tuple[str, ...]:
+    """A YAML list or a comma/space separated string of items, each checked, duplicates
+    dropped, order kept; an empty list is an error naming `what`."""
+    if isinstance(value, str):
+        value = [s for s in value.replace(" ", ",").split(",") if s]
+    if not value:
+        raise ValueError(f"the {what} list is empty")
+    out: list[str] = []
+    for raw in value:
+        if not isinstance(raw, str):
+            raise ValueError(f"{raw!r} is not a {what}")
+        item = check(raw.strip())
+        if item not in out:
+            out.append(item)
+    return tuple(out)
 
 
 # Environment names that are not simply QRYPTIFY_<KEY> (kept short because users type them).

@@ -35,7 +35,10 @@ async def test_backfill_equals_the_exchange(
     diff = truth_diff(sim, database_url, wanted, start, now)
     assert diff.clean, diff
     nova = stored_rows(database_url, StreamKey("NOVAUSDT", "4h"))
-    assert nova[0][0] == Interval("4h").ceil(sim.market.specs["NOVAUSDT"].first_ms)
+    listed = Interval("4h").ceil(sim.market.specs["NOVAUSDT"].first_ms)
+    assert nova[0][0] == listed
+    state = await a.storage.sync_state(StreamKey("NOVAUSDT", "4h"))
+    assert state is not None and state.listing_ms == listed and state.first_ms == listed
     for key in wanted:
         assert results[key].failed == []
         assert sync_last(database_url, key) == last_closed(key.interval, now)

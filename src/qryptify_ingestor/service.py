@@ -281,7 +281,14 @@ class Ingestor:
                 first = await self._first_open(key, start, result)
         else:
             # onboardDate is only a hint: the first candle Binance really has is the truth.
-            first = await self._first_open(key, interval.ceil(self.tuning.start_ms), result)
+            start = interval.ceil(self.tuning.start_ms)
+            first = await self._first_open(key, start, result)
+            if first is not None and first > start:
+                # Nothing from start_date until `first`: the listing (shown by status).
+                listing = first
+                await self.retrying(
+                    "recording the listing", lambda: self.storage.set_listing(key, listing)
+                )
         if first is None or first > end:
             return _StreamPlan(key, interval, prev_last, [])
         result.last_ms = prev_last

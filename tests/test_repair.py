@@ -131,3 +131,36 @@ async def test_hole_binance_still_lacks_becomes_an_exchange_gap(
     assert [(g.start_ms, g.end_ms) for g in gaps] == [(gap_start, gap_end)]
     report = await verify(database_url, keys=[BTC], now_ms=sim.clock.now_ms(), check_lag=False)
     assert report.ok, report.to_json()
+
+
+async def test_cli_repair_from_extends_history_backwards(
+    sim: Simulator, database_url: str, make_ingestor: MakeIngestor
+) -> None:
+    """`qryptify repair --from DATE` before the stored history fetches the older candles."""
+    import asyncio
+    import os
+    import sys
+
+    from qryptify_ingestor.domain import ms_to_datetime
+
+    now = sim.clock.now_ms()
+    early, late = now - 6 * HOUR_MS, now - 2 * HOUR_MS
+    a = await make_ingestor(sim, database_url, start_ms=late)
+    await a.ingestor.backfill([BTC])
+    env = {
+        **os.environ,
+        "QRYPTIFY_DATABASE_URL": database_url,
+        "QRYPTIFY_REST_URL": sim.rest_url,
+        "QRYPTIFY_SYMBOLS": "BTCUSDT",
+        "QRYPTIFY_INTERVALS": "1m",
+        "QRYPTIFY_START_DATE": ms_to_datetime(late).isoformat(timespec="milliseconds"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "qryptify_ingestor", "repair", "--config", os.devnull,
+        "--from", ms_to_datetime(early).isoformat(timespec="milliseconds"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert truth_diff(sim, database_url, [BTC], early, sim.clock.now_ms()).clean
+    assert await a.storage.exchange_gaps(BTC) == []

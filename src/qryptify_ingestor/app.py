@@ -383,7 +383,8 @@ async def repair(settings: Settings, *, from_: str | None, to: str | None) -> in
                 if row is None or row.first_ms is None or row.last_ms is None:
                     return []  # nothing stored: that is a backfill, not a repair
                 interval = Interval(key.interval)
-                lo = row.first_ms if start_ms is None else max(start_ms, row.first_ms)
+                # An explicit --from before the stored history back-extends it.
+                lo = row.first_ms if start_ms is None else start_ms
                 hi = interval.next_open(row.last_ms) if end_ms is None else end_ms
                 ranges = await find_holes(dsn, key, lo, min(hi, interval.next_open(row.last_ms)))
                 return [

@@ -148,6 +148,9 @@ class Tuning:
     max_requests_in_flight: int = 16
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
+    # A write retry is one cheap attempt against our own database: retry often, so that the
+    # ingestor catches up within seconds of the database coming back.
+    db_retry_max_s: float = 5.0
     close_margin_s: float = 30.0
 
 
@@ -505,7 +508,9 @@ class Ingestor:
                 return
             except DatabaseUnavailable as exc:
                 delay = max(
-                    retry_delay(min(attempt, 8), self.tuning.retry_base_s, self.tuning.retry_max_s),
+                    retry_delay(
+                        min(attempt, 8), self.tuning.retry_base_s, self.tuning.db_retry_max_s
+                    ),
                     self.tuning.retry_base_s,
                 )
                 log.warning("database unavailable: %s; retrying the write in %.1f s", exc, delay)

@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -141,49 +142,58 @@ async def run(settings: Settings, *, live: bool) -> int:
     """`qryptify run` (live=True) and `qryptify backfill` (live=False)."""
     check_endpoints(settings, live=live)
     keys = settings.stream_keys()
-    async with (
-        _metrics(settings, keys, live) as observer,
-        open_storage(settings, observer) as storage,
-    ):
-        ref = getattr(observer, "storage_ref", None)
-        if ref is not None:
-            ref.append(storage)
-        await _migrate(storage, require_dsn(settings))
-        rest = build_rest(settings, observer)
-        try:
-            clock = ExchangeClock()
-            progress = make_progress(Console(stderr=True))
-            ingestor = Ingestor(
-                rest,
-                storage,
-                tuning=tuning(settings),
-                clock=clock,
-                observer=observer,
-                progress=progress,
-            )
-            log.info("connecting to Binance REST at %s", settings.binance.rest_url)
-            await ingestor.retrying("reading the server time", lambda: clock.sync(rest))
-            await ingestor.load_exchange_info(settings.symbols)
-            if live:
-                lock = RunLock(require_dsn(settings))
-                await lock.acquire()
-                try:
-                    streams = build_streams(settings, keys, observer, clock)
-                    log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
-                    with progress:
-                        async with asyncio.TaskGroup() as group:
-                            group.create_task(lock.hold(), name="run-lock")
-                            await ingestor.follow(streams, keys)
-                finally:
-                    await lock.release()
-                return 0
-            started = time.monotonic()
-            with progress:
-                results = await ingestor.backfill(keys)
-            summarize_backfill(results, time.monotonic() - started)
-            return _report_backfill(results)
-        finally:
-            await rest.aclose()
+    async with _metrics(settings, keys, live) as monitoring:
+        observer = monitoring.observer
+        async with open_storage(settings, observer) as storage:
+            monitoring.storage = storage
+            return await _ingest(settings, keys, storage, observer, live=live)
+
+
+async def _ingest(
+    settings: Settings,
+    keys: Sequence[StreamKey],
+    storage: Storage,
+    observer: Observer,
+    *,
+    live: bool,
+) -> int:
+    """Migrate, check the exchange, then backfill (and follow live when `live`)."""
+    await _migrate(storage, require_dsn(settings))
+    rest = build_rest(settings, observer)
+    try:
+        clock = ExchangeClock()
+        progress = make_progress(Console(stderr=True))
+        ingestor = Ingestor(
+            rest,
+            storage,
+            tuning=tuning(settings),
+            clock=clock,
+            observer=observer,
+            progress=progress,
+        )
+        log.info("connecting to Binance REST at %s", settings.binance.rest_url)
+        await ingestor.retrying("reading the server time", lambda: clock.sync(rest))
+        await ingestor.load_exchange_info(settings.symbols)
+        if live:
+            lock = RunLock(require_dsn(settings))
+            await lock.acquire()
+            try:
+                streams = build_streams(settings, keys, observer, clock)
+                log.info("live: %d stream(s) over %s", len(keys), settings.binance.ws_url)
+                with progress:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(lock.hold(), name="run-lock")
+                        await ingestor.follow(streams, keys)
+            finally:
+                await lock.release()
+            return 0
+        started = time.monotonic()
+        with progress:
+            results = await ingestor.backfill(keys)
+        summarize_backfill(results, time.monotonic() - started)
+        return _report_backfill(results)
+    finally:
+        await rest.aclose()
 
 
 def _report_backfill(results: dict[StreamKey, StreamResult]) -> int:
@@ -209,13 +219,21 @@ def _report_backfill(results: dict[StreamKey, StreamResult]) -> int:
     return 1 if failed else 0
 
 
+@dataclass
+class Monitoring:
+    """What the metrics server watches: the observer, and the storage once it is open."""
+
+    observer: Observer
+    storage: Storage | None = None
+
+
 @contextlib.asynccontextmanager
 async def _metrics(
     settings: Settings, keys: Sequence[StreamKey], live: bool
-) -> AsyncIterator[Observer]:
+) -> AsyncIterator[Monitoring]:
     """Prometheus metrics and /health, /ready while `run` follows live; a no-op observer else."""
     if not (live and settings.metrics.enabled):
-        yield NULL_OBSERVER
+        yield Monitoring(NULL_OBSERVER)
         return
     from qryptify_ingestor.metrics import (
         MetricsServer,
@@ -225,16 +243,16 @@ async def _metrics(
     )
 
     observer = PrometheusObserver()
-    storage_ref: list[Storage] = []
+    monitoring = Monitoring(observer)
 
     async def readiness() -> ReadyState:
         margin_ms = int(settings.live.close_margin_s * 1000)
         streams = stream_readiness(observer.lags_ms(), keys, margin_ms)
-        if not storage_ref:
+        if monitoring.storage is None:
             return ReadyState(False, streams, "not connected yet")
         try:
             # A probe must answer quickly even while the pool waits for a dead server.
-            await asyncio.wait_for(storage_ref[0].schema_info(), READY_DB_TIMEOUT_S)
+            await asyncio.wait_for(monitoring.storage.schema_info(), READY_DB_TIMEOUT_S)
         except TimeoutError:
             return ReadyState(False, streams, f"no answer within {READY_DB_TIMEOUT_S:g} s")
         except DatabaseUnavailable as exc:
@@ -250,9 +268,8 @@ async def _metrics(
         settings.metrics.host,
         server.port,
     )
-    observer.storage_ref = storage_ref  # type: ignore[attr-defined]
     try:
-        yield observer
+        yield monitoring
     finally:
         await server.stop()
 
@@ -437,4 +454,4 @@ async def migrate(settings: Settings) -> int:
     return 0
 
 
-__all__ = ["asyncio", "migrate", "repair", "run", "status", "verify"]
+__all__ = ["migrate", "repair", "run", "status", "verify"]

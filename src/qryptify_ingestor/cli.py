@@ -11,12 +11,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 
 from qryptify_ingestor import __version__
@@ -243,10 +241,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] = 
     "repair": cmd_repair,
     "migrate": cmd_migrate,
 }
-
-
-def print_json(data: object) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

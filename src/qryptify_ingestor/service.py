@@ -19,13 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from qryptify_ingestor.binance.parse import ExchangeInfo, KlineEvent
+from qryptify_ingestor.binance.protocol import backoff_delay
 from qryptify_ingestor.binance.rest import BinanceRest
 from qryptify_ingestor.domain import Candle, Interval, StreamKey, format_ms
 from qryptify_ingestor.errors import (
@@ -191,11 +191,6 @@ def check_universe(info: ExchangeInfo, symbols: Sequence[str]) -> list[str]:
     return problems
 
 
-def retry_delay(attempt: int, base_s: float, cap_s: float) -> float:
-    """Full-jitter exponential backoff (AWS architecture blog; same as websockets' backoff)."""
-    return random.uniform(0, min(cap_s, base_s * 2**attempt))
-
-
 class Ingestor:
     """Backfill and live ingestion over our adapters."""
 
@@ -233,6 +228,11 @@ class Ingestor:
         self.exchange_info = info
         return info
 
+    def _retry_delay(self, attempt: int, cap_s: float) -> float:
+        """Full-jitter backoff for retry number `attempt` (from 0), never below the base."""
+        base = self.tuning.retry_base_s
+        return max(backoff_delay(attempt + 1, base, cap_s), base)
+
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Call until it succeeds; retryable failures are logged and retried with backoff."""
         attempt = 0
@@ -240,10 +240,7 @@ class Ingestor:
             try:
                 return await call()
             except RetryableError as exc:
-                delay = retry_delay(
-                    min(attempt, 10), self.tuning.retry_base_s, self.tuning.retry_max_s
-                )
-                delay = max(delay, self.tuning.retry_base_s)
+                delay = self._retry_delay(attempt, self.tuning.retry_max_s)
                 log.warning("%s failed: %s; retrying in %.1f s", what, exc, delay)
                 attempt += 1
                 await self._sleep(delay)
@@ -377,12 +374,7 @@ class Ingestor:
                 page.reason = str(exc)
                 return page
             except RetryableError as exc:
-                delay = max(
-                    retry_delay(
-                        min(attempt, 10), self.tuning.retry_base_s, self.tuning.retry_max_s
-                    ),
-                    self.tuning.retry_base_s,
-                )
+                delay = self._retry_delay(attempt, self.tuning.retry_max_s)
                 log.warning(
                     "%s: page %s failed: %s; retrying in %.1f s",
                     key,
@@ -507,12 +499,7 @@ class Ingestor:
                     await self.storage.write_candles(candles, advances)
                 return
             except DatabaseUnavailable as exc:
-                delay = max(
-                    retry_delay(
-                        min(attempt, 8), self.tuning.retry_base_s, self.tuning.db_retry_max_s
-                    ),
-                    self.tuning.retry_base_s,
-                )
+                delay = self._retry_delay(attempt, self.tuning.db_retry_max_s)
                 log.warning("database unavailable: %s; retrying the write in %.1f s", exc, delay)
                 attempt += 1
                 await self._sleep(delay)
